@@ -1,0 +1,191 @@
+"""One endpoint family's HTTP plumbing: a long-lived session, a base URL, and the one
+:meth:`Transport.request` every API call goes through.
+
+:meth:`Transport.request` calls the caller's gate with the call's API class before each HTTP
+request it sends, applies the ``(connect, read)`` timeout, maps failures onto
+:mod:`bms.exceptions`, and logs method, path, status and request id at DEBUG (never headers or
+bodies). It retries only what cannot duplicate work: a GET that met a connection error or a 5xx.
+A POST, PUT or DELETE is sent exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.auth import AuthBase
+
+from bms import auth as auth_module
+from bms.exceptions import (
+    SAFE_METHODS,
+    CloudConnectionError,
+    ServerError,
+    UnexpectedResponse,
+    error_from_transport,
+    raise_from_response,
+)
+
+logger = logging.getLogger("bms.client")
+
+USER_AGENT = f"bms-orchestrator/0.1 (+requests/{requests.__version__})"
+
+#: Gate called with the API class before every HTTP request; may sleep or raise to hold a call.
+BeforeCall = Callable[[str], None]
+
+
+def _no_gate(api_class: str) -> None:
+    """The default gate: let every call through."""
+
+
+class Transport:
+    """HTTP access to one endpoint family (BMS v1, or the OpenStack native API).
+
+    :param base_url: scheme, host and optional path prefix; API paths are appended to it.
+    :param auth: the ``AuthBase`` applied to every request.
+    :param timeout: ``(connect, read)`` seconds, applied to every request.
+    :param before_call: gate called with the API class before each HTTP request.
+    :param headers: extra default headers of this family (``Connection: close`` for /v2.1).
+    :param get_retries: extra attempts for a GET after a connection error or a 5xx.
+    :param retry_backoff: seconds before the first GET retry; doubled for each next one.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: AuthBase,
+        *,
+        timeout: tuple[float, float],
+        before_call: BeforeCall | None = None,
+        headers: Mapping[str, str] | None = None,
+        get_retries: int = 2,
+        retry_backoff: float = 0.2,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.before_call = before_call or _no_gate
+        self.get_retries = get_retries
+        self.retry_backoff = retry_backoff
+        self.session = requests.Session()
+        self.session.auth = auth
+        self.session.headers.update(
+            {
+                "Content-Type": auth_module.JSON_CONTENT_TYPE,
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            }
+        )
+        self.session.headers.update(headers or {})
+
+    def __repr__(self) -> str:
+        return f"Transport(base_url={self.base_url!r}, auth={self.session.auth!r})"
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()
+
+    def request(
+        self,
+        api_class: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | list[tuple[str, Any]] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send one API call and return its successful response.
+
+        :param api_class: the quota class the call spends, passed to the gate.
+        :param path: the path below the base URL, starting with ``/``, segments already quoted.
+        :raises CloudAPIError: the cloud answered with an error status (a subclass per status).
+        :raises CloudTimeout: the connect or read timed out.
+        :raises CloudConnectionError: the connection failed or dropped.
+        """
+        method = method.upper()
+        attempts = 1 + (self.get_retries if method in SAFE_METHODS else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._send_once(api_class, method, path, params, json, headers)
+            except (CloudConnectionError, ServerError) as exc:
+                if attempt == attempts:
+                    raise
+                delay = self.retry_backoff * 2 ** (attempt - 1)
+                logger.debug("%s %s failed (%s), retry %d in %.2fs", method, path,
+                             type(exc).__name__, attempt, delay)  # fmt: skip
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _send_once(
+        self,
+        api_class: str,
+        method: str,
+        path: str,
+        params: Any,
+        json: Any,
+        headers: Mapping[str, str] | None,
+    ) -> requests.Response:
+        url = self.base_url + path
+        self.before_call(api_class)
+        # A TokenAuth re-send after a 401 is a second HTTP call: let it pass the same gate.
+        gate_token = auth_module.before_resend.set(lambda: self.before_call(api_class))
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method, url, params=params, json=json, headers=headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            logger.debug("%s %s -> %s", method, path, type(exc).__name__)
+            raise error_from_transport(exc, method, url) from None
+        finally:
+            auth_module.before_resend.reset(gate_token)
+        logger.debug(
+            "%s %s -> %s request_id=%s %.0fms",
+            method,
+            urlsplit(response.url).path,
+            response.status_code,
+            response.headers.get("X-Request-Id"),
+            (time.monotonic() - started) * 1000,
+        )
+        raise_from_response(response)
+        return response
+
+
+def json_body(response: requests.Response) -> dict:
+    """The response's JSON object, or ``{}`` for an empty body (204 and friends).
+
+    :raises UnexpectedResponse: the body is not a JSON object.
+    """
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise unexpected(response, "response body is not a JSON object")
+    return body
+
+
+def unexpected(response: requests.Response, what: str) -> UnexpectedResponse:
+    """An :class:`UnexpectedResponse` describing ``response`` and what was wrong with it."""
+    request = response.request
+    return UnexpectedResponse(
+        response.status_code,
+        "UnexpectedResponse",
+        what,
+        response.headers.get("X-Request-Id"),
+        request.method if request is not None else None,
+        response.url,
+    )
+
+
+def require(response: requests.Response, body: dict, key: str) -> Any:
+    """``body[key]``, or :class:`UnexpectedResponse` when the documented key is missing."""
+    try:
+        return body[key]
+    except KeyError:
+        raise unexpected(response, f"response body has no {key!r}") from None
