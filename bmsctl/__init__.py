@@ -1,0 +1,1 @@
+"""The bmsctl command line."""

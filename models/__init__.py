@@ -1,0 +1,1 @@
+"""Persistence and validation: SQLAlchemy models, the state machine, sessions, request spec."""

@@ -1,0 +1,186 @@
+"""The tables: batches, server requests, their volume attachments, cloud jobs and events.
+
+The database is the source of truth for every request; Celery messages only carry ids.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Enum, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from models.base import Base, Timestamped, cloud_id, utcnow, uuid_pk
+from models.states import RequestState, Step, check_transition
+
+
+def _enum(enum_class: type[enum.Enum]) -> Enum:
+    """Store an enum by its value, as a plain string column (no native ENUM type to migrate)."""
+    return Enum(
+        enum_class,
+        native_enum=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class BatchSource(enum.StrEnum):
+    API = "api"
+    CLI = "cli"
+    TASK = "task"
+
+
+class AttachmentState(enum.StrEnum):
+    PENDING = "PENDING"
+    ATTACHING = "ATTACHING"
+    ATTACHED = "ATTACHED"
+    FAILED = "FAILED"
+
+
+class JobKind(enum.StrEnum):
+    CREATE = "create"
+    ATTACH = "attach"
+    DELETE = "delete"
+
+
+class Batch(Timestamped, Base):
+    """A set of server requests submitted together."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid_pk]
+    name: Mapped[str] = mapped_column(String(64))
+    source: Mapped[BatchSource] = mapped_column(_enum(BatchSource))
+    #: Given by the submitter; a resubmission with the same key returns this batch.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+
+    requests: Mapped[list[ServerRequest]] = relationship(
+        back_populates="batch", order_by="ServerRequest.position"
+    )
+
+
+class ServerRequest(Timestamped, Base):
+    """One bare metal server to provision, and where its chain stands."""
+
+    __tablename__ = "server_requests"
+    __table_args__ = (
+        Index(None, "batch_id", "position"),
+        Index(None, "state", "updated_at"),
+    )
+
+    id: Mapped[uuid_pk]
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id"))
+    #: Order within the batch, for stable listings.
+    position: Mapped[int]
+    #: The server name the cloud should end up with.
+    name: Mapped[str] = mapped_column(String(63))
+    #: The validated create body for one server (``count`` already expanded to 1).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[RequestState] = mapped_column(_enum(RequestState), default=RequestState.PENDING)
+    #: Create attempts made so far (1 on the first create).
+    attempt: Mapped[int] = mapped_column(default=0)
+    failed_step: Mapped[Step | None] = mapped_column(_enum(Step))
+    server_id: Mapped[str | None] = mapped_column(String(64))
+    #: The cloud job the request is waiting on now (create job, then each attach job).
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    last_error_message: Mapped[str | None] = mapped_column(Text)
+    #: Carried by the server (name and metadata) so a re-run finds a create that went through.
+    create_marker: Mapped[str | None] = mapped_column(String(32), unique=True)
+    #: Set, with the marker, just before the create POST: "a create may be in the cloud".
+    create_intent_at: Mapped[datetime | None]
+    #: The server's addresses, recorded when it is finalized.
+    addresses: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Fencing token: bumped whenever a chain is (re)built, so that a stale chain stops.
+    fence: Mapped[int] = mapped_column(default=0)
+
+    batch: Mapped[Batch] = relationship(back_populates="requests")
+    attachments: Mapped[list[VolumeAttachment]] = relationship(
+        back_populates="request", order_by="VolumeAttachment.position"
+    )
+    events: Mapped[list[Event]] = relationship(
+        back_populates="request", order_by="Event.id", viewonly=True
+    )
+
+
+class VolumeAttachment(Timestamped, Base):
+    """An existing cloud disk to attach to the request's server, one at a time, in order."""
+
+    __tablename__ = "volume_attachments"
+    __table_args__ = (Index(None, "request_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("server_requests.id"))
+    position: Mapped[int]
+    volume_id: Mapped[cloud_id]
+    device: Mapped[str | None] = mapped_column(String(32))
+    state: Mapped[AttachmentState] = mapped_column(
+        _enum(AttachmentState), default=AttachmentState.PENDING
+    )
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(default=0)
+
+    request: Mapped[ServerRequest] = relationship(back_populates="attachments")
+
+
+class CloudJob(Timestamped, Base):
+    """Every asynchronous cloud job the orchestrator started, and how it went."""
+
+    __tablename__ = "cloud_jobs"
+    __table_args__ = (Index(None, "request_id"),)
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("server_requests.id"))
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
+    #: The cloud's status: INIT, RUNNING, SUCCESS, FAIL (or PENDING_PAYMENT).
+    status: Mapped[str] = mapped_column(String(16), default="INIT")
+    polls: Mapped[int] = mapped_column(default=0)
+    begin_time: Mapped[str | None] = mapped_column(String(32))
+    end_time: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    fail_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Event(Base):
+    """Append-only history of a request's states."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "request_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("server_requests.id"))
+    from_state: Mapped[RequestState | None] = mapped_column(_enum(RequestState))
+    to_state: Mapped[RequestState] = mapped_column(_enum(RequestState))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    request: Mapped[ServerRequest] = relationship(back_populates="events", viewonly=True)
+
+
+def transition(
+    session: Session,
+    request: ServerRequest,
+    to_state: RequestState,
+    detail: str | None = None,
+) -> Event:
+    """Move ``request`` to ``to_state`` and append its event, in the caller's transaction.
+
+    :raises models.states.IllegalTransition: the table does not allow this change; nothing is
+        written.
+    """
+    check_transition(request.state, to_state)
+    event = Event(request_id=request.id, from_state=request.state, to_state=to_state, detail=detail)
+    request.state = to_state
+    request.updated_at = utcnow()
+    session.add(event)
+    return event
+
+
+def record_creation(session: Session, request: ServerRequest, detail: str | None = None) -> None:
+    """Append the first event of a new request (``None -> PENDING``)."""
+    session.add(
+        Event(request_id=request.id, from_state=None, to_state=request.state, detail=detail)
+    )

@@ -1,0 +1,455 @@
+"""The request spec: one server is the BMS create ``server`` body, plus orchestrator fields.
+
+Field names are the API's own (``imageRef``, ``flavorRef``, ...), so a body that works with the
+cloud works here. Rules come from the API reference, sections 5 and 11. A batch file is
+``{name, defaults?, servers: [...]}``; ``defaults`` is merged into each server before checking,
+and every error names its field path, e.g. ``servers[3].nics[0].subnet_id``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: CJK, ASCII letters and digits, ``_ - .`` (section 5).
+SERVER_NAME = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9_.\-]+$")
+#: One-dimension tags may not contain these (section 11); v1 tags refuse more (section 5).
+NOVA_TAG_FORBIDDEN = set("/,")
+SERVER_TAG_FORBIDDEN = set("=*<>\\,|/")
+#: adminPass special characters (section 5).
+PASSWORD_SPECIALS = set("!@$%^-_=+[{}]:,./?")
+#: Tag the cloud puts on every bare metal server; the orchestrator keeps it when replacing.
+BAREMETAL_TAG = "__type_baremetal"
+#: Metadata key the orchestrator reserves for its create marker.
+MARKER_METADATA_KEY = "bms_orchestrator_marker"
+
+MAX_COUNT = 100
+MAX_DISKS = 60
+MAX_SERVER_TAGS = 9  # 10 per server, one taken by __type_baremetal
+MAX_NOVA_TAGS = 49  # 50 per server, one taken by __type_baremetal
+USER_DATA_MAX_BYTES = 32 * 1024
+
+
+class FieldRuleError(ValueError):
+    """A cross-field rule broken by one field: ``field`` is its path below the model checked."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class SpecModel(BaseModel):
+    """Strict base: unknown fields are errors that name the field."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class AllowedAddressPair(SpecModel):
+    ip_address: str
+    mac_address: str | None = None
+
+
+class Nic(SpecModel):
+    subnet_id: str = Field(min_length=1)
+    ip_address: str | None = None
+    allowed_address_pairs: list[AllowedAddressPair] | None = None
+
+
+class VolumeBase(SpecModel):
+    volumetype: Literal["SATA", "SAS", "SSD"]
+    cluster_id: str | None = None
+    cluster_type: Literal["DSS"] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class RootVolume(VolumeBase):
+    size: int = Field(ge=40, le=1024)
+
+
+class DataVolume(VolumeBase):
+    size: int = Field(ge=10, le=32768)
+    shareable: bool | None = None
+
+
+class ExtendParam(SpecModel):
+    chargingMode: Literal["prePaid", "postPaid"] = "postPaid"
+    regionID: str | None = None
+    periodType: Literal["month", "year"] | None = None
+    periodNum: int | None = None
+    isAutoRenew: Literal["true", "false"] | None = None
+    isAutoPay: Literal["true", "false"] | None = None
+    enterprise_project_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check_prepaid(self) -> ExtendParam:
+        if self.chargingMode != "prePaid":
+            return self
+        if self.periodType is None or self.periodNum is None:
+            raise ValueError("prePaid needs periodType and periodNum")
+        top = 9 if self.periodType == "month" else 1
+        if not 1 <= self.periodNum <= top:
+            raise ValueError(f"periodNum must be 1-{top} for periodType {self.periodType}")
+        if self.isAutoPay != "true":
+            # An unpaid order leaves the job in PENDING_PAYMENT: no worker can pay it.
+            raise ValueError('prePaid needs isAutoPay "true": the orchestrator cannot pay orders')
+        return self
+
+
+class SecurityGroup(SpecModel):
+    id: str = Field(min_length=1)
+
+
+class Bandwidth(SpecModel):
+    sharetype: Literal["PER", "WHOLE"]
+    size: int | None = Field(default=None, ge=1, le=2000)
+    id: str | None = None
+    name: str | None = None
+    chargemode: Literal["traffic", "bandwidth"] | None = None
+
+    @model_validator(mode="after")
+    def _check_share(self) -> Bandwidth:
+        if self.sharetype == "PER" and self.size is None:
+            raise ValueError("size is required when sharetype is PER")
+        if self.sharetype == "WHOLE" and not self.id:
+            raise ValueError("id is required when sharetype is WHOLE")
+        return self
+
+
+class EipExtendParam(SpecModel):
+    chargingMode: Literal["prePaid", "postPaid"]
+
+
+class Eip(SpecModel):
+    iptype: Literal["5_bgp", "5_sbgp"]
+    bandwidth: Bandwidth
+    extendparam: EipExtendParam
+
+
+class PublicIp(SpecModel):
+    id: str | None = None
+    eip: Eip | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PublicIp:
+        if (self.id is None) == (self.eip is None):
+            raise ValueError("give exactly one of id (an existing EIP) or eip (a new one)")
+        return self
+
+
+class ServerTag(SpecModel):
+    key: str = Field(min_length=1, max_length=36)
+    value: str = Field(default="", max_length=43)
+
+    @field_validator("key", "value")
+    @classmethod
+    def _no_forbidden(cls, text: str) -> str:
+        bad = sorted({c for c in text if c in SERVER_TAG_FORBIDDEN or ord(c) < 32})
+        if bad:
+            raise ValueError(f"must not contain {''.join(repr(c) for c in bad)}")
+        return text
+
+
+class SchedulerHints(SpecModel):
+    dec_baremetal: Literal["share", "dedicate"] = "share"
+
+
+class AttachVolume(SpecModel):
+    volume_id: str = Field(min_length=1, max_length=64)
+    device: Annotated[str, Field(pattern=r"^/dev/sd[b-z]$")] | None = None
+
+
+NovaTag = Annotated[str, Field(min_length=1, max_length=80)]
+
+
+class ServerSpec(SpecModel):
+    """One server request: the create body's fields and the orchestrator's own."""
+
+    imageRef: str = Field(min_length=1)
+    flavorRef: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=63)
+    vpcid: str = Field(min_length=1)
+    nics: list[Nic] = Field(min_length=1, max_length=2)
+    availability_zone: str = Field(min_length=1)
+    metadata: dict[str, str]
+    extendparam: ExtendParam = Field(default_factory=ExtendParam)
+    root_volume: RootVolume | None = None
+    data_volumes: list[DataVolume] | None = None
+    key_name: str | None = Field(default=None, min_length=1, max_length=64)
+    adminPass: str | None = None
+    user_data: str | None = None
+    security_groups: list[SecurityGroup] | None = None
+    publicip: PublicIp | None = None
+    server_tags: list[ServerTag] | None = Field(default=None, max_length=MAX_SERVER_TAGS)
+    schedulerHints: SchedulerHints | None = None
+    # Orchestrator fields, not sent in the create body.
+    attach_volumes: list[AttachVolume] = Field(default_factory=list)
+    tags: list[NovaTag] = Field(default_factory=list, max_length=MAX_NOVA_TAGS)
+    count: int = Field(default=1, ge=1, le=MAX_COUNT)
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, name: str) -> str:
+        if not SERVER_NAME.match(name):
+            raise ValueError("only CJK characters, letters, digits, '_', '-' and '.' are allowed")
+        return name
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, str]) -> dict[str, str]:
+        if not metadata.get("op_svc_userid"):
+            raise ValueError("op_svc_userid (the IAM user id) is required")
+        if "admin_pass" in metadata:
+            raise ValueError("admin_pass is refused: passwords would be stored; use key_name")
+        if MARKER_METADATA_KEY in metadata:
+            raise ValueError(f"{MARKER_METADATA_KEY} is reserved for the orchestrator")
+        for key, value in metadata.items():
+            if len(key) > 255 or len(value) > 255:
+                raise ValueError(f"key and value of {key[:40]!r} must be at most 255 characters")
+        return metadata
+
+    @field_validator("adminPass")
+    @classmethod
+    def _no_password(cls, password: str | None) -> str | None:
+        if password is not None:
+            # Requests are persisted and passed between workers; a password must never be.
+            raise ValueError("password login is refused: it would be stored; use key_name")
+        return password
+
+    @field_validator("user_data")
+    @classmethod
+    def _user_data(cls, user_data: str | None) -> str | None:
+        if user_data is None:
+            return None
+        try:
+            decoded = base64.b64decode(user_data, validate=True)
+        except binascii.Error:
+            raise ValueError("must be base64-encoded") from None
+        if len(decoded) > USER_DATA_MAX_BYTES:
+            raise ValueError(f"must be at most {USER_DATA_MAX_BYTES} bytes before encoding")
+        return user_data
+
+    @field_validator("server_tags")
+    @classmethod
+    def _server_tag_keys(cls, tags: list[ServerTag] | None) -> list[ServerTag] | None:
+        keys = [tag.key for tag in tags or []]
+        if len(keys) != len(set(keys)):
+            raise ValueError("tag keys must be unique")
+        if BAREMETAL_TAG in keys:
+            raise ValueError(f"{BAREMETAL_TAG} is the cloud's own tag")
+        return tags
+
+    @field_validator("tags")
+    @classmethod
+    def _nova_tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if tag.startswith("."):
+                raise ValueError(f"{tag!r}: a tag must not start with '.'")
+            if NOVA_TAG_FORBIDDEN & set(tag):
+                raise ValueError(f"{tag!r}: a tag must not contain '/' or ','")
+            if tag.startswith("__type_"):
+                raise ValueError(f"{tag!r}: __type_ tags are the cloud's own")
+        if len(tags) != len(set(tags)):
+            raise ValueError("tags must be unique")
+        return tags
+
+    @field_validator("attach_volumes")
+    @classmethod
+    def _unique_volumes(cls, volumes: list[AttachVolume]) -> list[AttachVolume]:
+        ids = [v.volume_id for v in volumes]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a volume can be attached only once")
+        return volumes
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ServerSpec:
+        if self.key_name is None:
+            raise FieldRuleError("key_name", "required: give exactly one login mode")
+        if self.count > 1:
+            self._check_count_rules()
+        disks = 1 + len(self.data_volumes or []) + len(self.attach_volumes)
+        if disks > MAX_DISKS:
+            raise FieldRuleError(
+                "data_volumes", f"at most {MAX_DISKS} disks per server, system disk included"
+            )
+        return self
+
+    def _check_count_rules(self) -> None:
+        if len(self.name) > 58:
+            raise FieldRuleError("name", "at most 58 characters when count > 1")
+        for index, nic in enumerate(self.nics):
+            if nic.ip_address:
+                raise FieldRuleError(f"nics[{index}].ip_address", "cannot be fixed when count > 1")
+        if self.publicip is not None and self.publicip.id is not None:
+            raise FieldRuleError("publicip.id", "one existing EIP cannot serve count > 1")
+        if self.attach_volumes:
+            raise FieldRuleError("attach_volumes", "needs count 1: a volume attaches to one server")
+
+    def create_body(self) -> dict[str, Any]:
+        """The ``server`` body of the create call, without the orchestrator's fields."""
+        body = self.model_dump(
+            exclude={"attach_volumes", "tags", "count", "adminPass"}, exclude_none=True
+        )
+        body["count"] = 1
+        return body
+
+
+class BatchSpec(SpecModel):
+    """A batch file: a name, optional defaults merged into each server, the servers."""
+
+    name: str = Field(min_length=1, max_length=64)
+    defaults: dict[str, Any] | None = None
+    servers: list[ServerSpec] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("defaults")
+        servers = data.get("servers")
+        if not isinstance(defaults, dict) or not isinstance(servers, list):
+            return data
+        merged = [
+            deep_merge(defaults, server) if isinstance(server, dict) else server
+            for server in servers
+        ]
+        return {**data, "servers": merged}
+
+    def expand(self) -> list[ExpandedServer]:
+        """One entry per server to provision: ``count`` becomes N entries named like the API."""
+        expanded = []
+        for server in self.servers:
+            body = server.create_body()
+            volumes = [v.model_dump(exclude_none=True) for v in server.attach_volumes]
+            for index in range(server.count):
+                name = server.name if server.count == 1 else f"{server.name}-{index:04d}"
+                expanded.append(
+                    ExpandedServer(
+                        name=name,
+                        create_body={**copy.deepcopy(body), "name": name},
+                        attach_volumes=volumes,
+                        tags=list(server.tags),
+                    )
+                )
+        return expanded
+
+
+class ExpandedServer(BaseModel):
+    """One server to provision: what a ``ServerRequest.spec`` holds."""
+
+    name: str
+    create_body: dict[str, Any]
+    attach_volumes: list[dict[str, str]]
+    tags: list[str]
+
+
+class SpecError(ValueError):
+    """A batch that does not validate; ``errors`` holds ``(field path, message)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        lines = "\n".join(f"  {path}: {message}" for path, message in errors)
+        super().__init__(f"{len(errors)} invalid field(s):\n{lines}")
+
+
+def deep_merge(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``defaults``: dicts merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(defaults)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """``('servers', 3, 'nics', 0, 'subnet_id')`` -> ``servers[3].nics[0].subnet_id``."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not path:
+            path = part
+        else:
+            path += f".{part}"
+    return path or "<root>"
+
+
+def _errors_of(exc: ValidationError) -> list[tuple[str, str]]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        path = field_path(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        rule = error.get("ctx", {}).get("error")
+        if isinstance(rule, FieldRuleError):
+            path = f"{path}.{rule.field}" if path != "<root>" else rule.field
+            message = rule.message
+        errors.append((path, message))
+    return errors
+
+
+def _volumes_used_twice(batch: BatchSpec) -> list[tuple[str, str]]:
+    """A volume attaches to one server: name every later server that lists it again."""
+    first_user: dict[str, int] = {}
+    errors = []
+    for index, server in enumerate(batch.servers):
+        for position, volume in enumerate(server.attach_volumes):
+            if volume.volume_id in first_user:
+                errors.append(
+                    (
+                        f"servers[{index}].attach_volumes[{position}].volume_id",
+                        f"{volume.volume_id} is already attached by "
+                        f"servers[{first_user[volume.volume_id]}]",
+                    )
+                )
+            first_user.setdefault(volume.volume_id, index)
+    return errors
+
+
+def parse_batch(data: Any) -> BatchSpec:
+    """Validate a batch already loaded from JSON or YAML.
+
+    :raises SpecError: naming every bad field.
+    """
+    try:
+        batch = BatchSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_errors_of(exc)) from None
+    errors = _volumes_used_twice(batch)
+    if errors:
+        raise SpecError(errors)
+    return batch
+
+
+def load_batch_file(path: str | Path) -> BatchSpec:
+    """Read and validate a batch file (``.yaml``, ``.yml`` or ``.json``).
+
+    :raises SpecError: the file does not parse or a field is invalid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([(str(path), f"cannot be read: {exc.strerror}")]) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError([(str(path), f"does not parse: {exc}")]) from None
+    return parse_batch(data)

@@ -1,0 +1,76 @@
+"""The request state machine: states, the steps that fail, and the allowed transitions.
+
+Every state change goes through :func:`models.records.transition`, which checks it against
+``ALLOWED_TRANSITIONS`` and writes an ``Event`` row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class RequestState(enum.StrEnum):
+    PENDING = "PENDING"
+    CREATING = "CREATING"
+    BUILDING = "BUILDING"
+    ATTACHING = "ATTACHING"
+    TAGGING = "TAGGING"
+    ACTIVE = "ACTIVE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Step(enum.StrEnum):
+    """The chain's steps; ``failed_step`` names one so that a retry resumes there."""
+
+    CREATE = "create"
+    POLL_CREATE = "poll_create"
+    ATTACH = "attach"
+    TAG = "tag"
+    FINALIZE = "finalize"
+
+
+S = RequestState
+
+#: States a request never leaves on its own (a FAILED one may be retried by an operator).
+TERMINAL_STATES = frozenset({S.ACTIVE, S.FAILED, S.CANCELLED})
+
+#: States a chain is working on; the reconciler watches these for lack of progress.
+IN_FLIGHT_STATES = frozenset({S.PENDING, S.CREATING, S.BUILDING, S.ATTACHING, S.TAGGING})
+
+#: from-state -> the states it may go to. Cancel is allowed from every unfinished state; a
+#: FAILED request is retried into the state of the step that failed.
+ALLOWED_TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
+    S.PENDING: frozenset({S.CREATING, S.CANCELLED}),
+    S.CREATING: frozenset({S.BUILDING, S.FAILED, S.CANCELLED}),
+    S.BUILDING: frozenset({S.CREATING, S.ATTACHING, S.TAGGING, S.FAILED, S.CANCELLED}),
+    S.ATTACHING: frozenset({S.TAGGING, S.FAILED, S.CANCELLED}),
+    S.TAGGING: frozenset({S.ACTIVE, S.FAILED, S.CANCELLED}),
+    S.ACTIVE: frozenset(),
+    S.FAILED: frozenset({S.CREATING, S.ATTACHING, S.TAGGING}),
+    S.CANCELLED: frozenset(),
+}
+
+#: Where a retry of a FAILED request resumes, by the step that failed.
+RESUME_STATE: dict[Step, RequestState] = {
+    Step.CREATE: S.CREATING,
+    Step.POLL_CREATE: S.CREATING,
+    Step.ATTACH: S.ATTACHING,
+    Step.TAG: S.TAGGING,
+    Step.FINALIZE: S.TAGGING,
+}
+
+
+class IllegalTransition(ValueError):
+    """A state change the table does not allow."""
+
+    def __init__(self, from_state: RequestState, to_state: RequestState) -> None:
+        super().__init__(f"illegal transition {from_state.value} -> {to_state.value}")
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+def check_transition(from_state: RequestState, to_state: RequestState) -> None:
+    """Raise :class:`IllegalTransition` unless the table allows ``from_state -> to_state``."""
+    if to_state not in ALLOWED_TRANSITIONS[from_state]:
+        raise IllegalTransition(from_state, to_state)

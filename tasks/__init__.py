@@ -1,0 +1,1 @@
+"""Celery tasks of the chain (create, poll, attach, tag, finalize), dispatch, reconciler."""

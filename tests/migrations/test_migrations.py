@@ -1,0 +1,48 @@
+"""Migrations: up, down, up again, then no drift between the models and the revisions."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from models import migrate
+from models.db import make_engine
+from models.records import Base
+
+TABLES = {"batches", "server_requests", "volume_attachments", "cloud_jobs", "events"}
+
+
+def _tables(engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def test_upgrade_downgrade_upgrade_then_no_drift(database_url):
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(database_url)
+        assert _tables(engine) == TABLES
+
+        migrate.downgrade(database_url, "base")
+        assert _tables(engine) == set()
+
+        migrate.upgrade(database_url)
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            drift = compare_metadata(context, Base.metadata)
+        assert drift == [], f"models and migrations differ: {drift}"
+    finally:
+        engine.dispose()
+
+
+def test_indexes_for_the_dashboard_queries_exist(database_url):
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        indexed = {
+            tuple(index["column_names"]) for index in inspect(engine).get_indexes("server_requests")
+        }
+    finally:
+        engine.dispose()
+    assert ("batch_id", "position") in indexed
+    assert ("state", "updated_at") in indexed

