@@ -1,0 +1,159 @@
+"""The default catalog: what exists in the simulated account before any call.
+
+=========================  ===============================================================
+availability zones         ``cn-north-4a``, ``cn-north-4b``
+flavors                    ``physical.o2.medium`` (32 vCPU), ``physical.s4.large`` (48 vCPU),
+                           ``physical.h2.large`` (64 vCPU)
+images                     ``a3e5c3e0-0000-4000-8000-000000000001`` (CentOS 7.9 64bit),
+                           ``a3e5c3e0-0000-4000-8000-000000000002`` (Ubuntu 22.04 64bit)
+VPC                        ``c1d0e0f0-0000-4000-8000-0000000000a1``
+subnets (in that VPC)      ``c1d0e0f0-0000-4000-8000-0000000000b1`` (192.168.1.0/24),
+                           ``c1d0e0f0-0000-4000-8000-0000000000b2`` (192.168.2.0/24)
+key pair                   ``demo-key``
+EVS volumes                200 ``available`` 100 GB SSD disks,
+                           ``e5e5e5e5-0000-4000-8000-000000000001`` … ``…000000000200``
+=========================  ===============================================================
+
+``/_sim/`` adds flavors, images, subnets and volumes at run time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+AVAILABILITY_ZONES = ("cn-north-4a", "cn-north-4b")
+DEFAULT_VPC_ID = "c1d0e0f0-0000-4000-8000-0000000000a1"
+DEMO_KEY_NAME = "demo-key"
+#: A fixed demo public key; its private half is not known to anyone.
+DEMO_PUBLIC_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmsSimulatorDemoKeyNotARealKey0000000000000 demo-key"
+)
+DEFAULT_VOLUME_COUNT = 200
+
+
+def volume_id(number: int) -> str:
+    """The id of default volume ``number`` (1-based)."""
+    return f"e5e5e5e5-0000-4000-8000-{number:012d}"
+
+
+@dataclass
+class Subnet:
+    """A subnet of a VPC, handing out fixed IPs from its CIDR."""
+
+    id: str
+    name: str
+    cidr: str
+    vpc_id: str = DEFAULT_VPC_ID
+    used: set[str] = field(default_factory=set)
+
+    def allocate(self) -> str | None:
+        """The lowest free host address (from .10, as clouds keep the first ones), or None."""
+        for number, host in enumerate(ipaddress.ip_network(self.cidr).hosts()):
+            address = str(host)
+            if number >= 9 and address not in self.used:
+                self.used.add(address)
+                return address
+        return None
+
+    def release(self, address: str) -> None:
+        self.used.discard(address)
+
+
+@dataclass
+class Volume:
+    """An EVS cloud disk."""
+
+    id: str
+    name: str
+    size: int = 100
+    volume_type: str = "SSD"
+    status: str = "available"
+    server_id: str | None = None
+    device: str | None = None
+
+    def to_api(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "size": self.size,
+            "volume_type": self.volume_type,
+            "status": self.status,
+            "server_id": self.server_id,
+            "device": self.device,
+        }
+
+
+def flavor(flavor_id: str, vcpus: int, ram_mb: int, disk_gb: int, arch: str = "x86_64") -> dict:
+    """A flavor with the fields of reference section 9 (numbers as the API types them)."""
+    return {
+        "id": flavor_id,
+        "name": flavor_id,
+        "vcpus": str(vcpus),
+        "ram": ram_mb,
+        "disk": str(disk_gb),
+        "swap": "",
+        "rxtx_factor": 1.0,
+        "OS-FLV-EXT-DATA:ephemeral": 0,
+        "OS-FLV-DISABLED:disabled": False,
+        "os-flavor-access:is_public": True,
+        "links": [],
+        "os_extra_specs": {
+            "resource_type": "ironic",
+            "capabilities:cpu_arch": arch,
+            "capabilities:board_type": flavor_id.split(".")[1],
+            "baremetal:extBootType": "LocalDisk",
+            "baremetal:__support_evs": "true",
+            "cond:operation:status": "normal",
+        },
+    }
+
+
+def image(image_id: str, name: str, os_type: str = "Linux") -> dict:
+    return {"id": image_id, "name": name, "os_type": os_type, "os_bit": "64"}
+
+
+@dataclass
+class Catalog:
+    """The account's resources other than servers; mutated under the state's lock."""
+
+    availability_zones: list[str] = field(default_factory=lambda: list(AVAILABILITY_ZONES))
+    flavors: dict[str, dict] = field(default_factory=dict)
+    images: dict[str, dict] = field(default_factory=dict)
+    vpcs: set[str] = field(default_factory=lambda: {DEFAULT_VPC_ID})
+    subnets: dict[str, Subnet] = field(default_factory=dict)
+    keypairs: dict[str, dict] = field(default_factory=dict)
+    volumes: dict[str, Volume] = field(default_factory=dict)
+
+    def add_volume(self, volume: Volume) -> None:
+        self.volumes[volume.id] = volume
+
+
+def default_catalog() -> Catalog:
+    """A fresh copy of the documented default catalog."""
+    catalog = Catalog()
+    for item in (
+        flavor("physical.o2.medium", 32, 193047, 9309),
+        flavor("physical.s4.large", 48, 262144, 4800),
+        flavor("physical.h2.large", 64, 393216, 7680),
+    ):
+        catalog.flavors[item["id"]] = item
+    for item in (
+        image("a3e5c3e0-0000-4000-8000-000000000001", "CentOS 7.9 64bit"),
+        image("a3e5c3e0-0000-4000-8000-000000000002", "Ubuntu 22.04 64bit"),
+    ):
+        catalog.images[item["id"]] = item
+    for subnet in (
+        Subnet("c1d0e0f0-0000-4000-8000-0000000000b1", "subnet-a", "192.168.1.0/24"),
+        Subnet("c1d0e0f0-0000-4000-8000-0000000000b2", "subnet-b", "192.168.2.0/24"),
+    ):
+        catalog.subnets[subnet.id] = subnet
+    catalog.keypairs[DEMO_KEY_NAME] = {
+        "name": DEMO_KEY_NAME,
+        "public_key": DEMO_PUBLIC_KEY,
+        "fingerprint": "00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff",
+        "type": "ssh",
+    }
+    for number in range(1, DEFAULT_VOLUME_COUNT + 1):
+        catalog.add_volume(Volume(volume_id(number), f"evs-{number:03d}"))
+    return catalog

@@ -1,0 +1,5 @@
+"""placeholder"""
+
+from simulator.routing import RouteTable
+
+routes = RouteTable()
