@@ -114,15 +114,21 @@ class Schedule:
         return job_time(self.clock.wall(due))
 
     def start_job(
-        self, job_type: str, sub_type: str, steps: list[Step], durations: list[float]
+        self,
+        job_type: str,
+        sub_type: str,
+        steps: list[Step],
+        durations: list[float],
+        begin_share: float = 0.1,
     ) -> Job:
-        """Schedule a job of one sub_job per step; each starts after a tenth of its duration."""
+        """Schedule a job of one sub_job per step; each starts after ``begin_share`` of its
+        duration (0 starts it at once, for APIs that show the new resource in their answer)."""
         start = self.clock.monotonic()
         job = Job(job_type, self.stamp(start))
         for step, duration in zip(steps, durations, strict=True):
             sub = Job(sub_type, self.stamp(start), top=False)
             job.sub_jobs.append(sub)
-            self.at(start + duration * 0.1, self._beginner(job, sub, step))
+            self.at(start + duration * begin_share, self._beginner(job, sub, step))
             self.at(start + duration, self._ender(job, sub, step))
         if not steps:
             self.at(start, lambda due: job.finish(self.stamp(due), None, None))

@@ -127,8 +127,11 @@ class CloudState:
         low, high = self.config.job_seconds
         return [self.faults.duration(low, high) for _ in range(count)]
 
-    def _start(self, job_type: str, sub_type: str, steps: list[Step]) -> Job:
-        job = self.schedule.start_job(job_type, sub_type, steps, self._durations(len(steps)))
+    def _start(
+        self, job_type: str, sub_type: str, steps: list[Step], begin_share: float = 0.1
+    ) -> Job:
+        durations = self._durations(len(steps))
+        job = self.schedule.start_job(job_type, sub_type, steps, durations, begin_share)
         for item in [job, *job.sub_jobs]:
             self.jobs[item.job_id] = item
         return job
@@ -146,10 +149,13 @@ class CloudState:
 
     # -- creation --------------------------------------------------------------------------
 
-    def create_servers(self, template: dict, names: list[str], subnet_ids: list[str]) -> Job:
+    def create_servers(
+        self, template: dict, names: list[str], subnet_ids: list[str], at_once: bool = False
+    ) -> Job:
         """Start a ``baremetalBatchCreate`` job; each server appears when its sub_job starts.
 
-        ``template`` holds the Server fields common to every server of the batch.
+        ``template`` holds the Server fields common to every server of the batch; ``at_once``
+        makes the servers exist before this returns (Nova answers with the new id).
         """
         steps = []
         for name in names:
@@ -162,7 +168,12 @@ class CloudState:
                 fail_reason=reason,
             )
             steps.append(step)
-        return self._start("baremetalBatchCreate", "baremetalSingleCreate", steps)
+        job = self._start(
+            "baremetalBatchCreate", "baremetalSingleCreate", steps, 0.0 if at_once else 0.1
+        )
+        if at_once:
+            self.advance()
+        return job
 
     def _create_beginner(self, template: dict, name: str, subnet_ids: list[str]):
         def begin(sub: Job) -> str | None:
