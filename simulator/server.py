@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from simulator.app import CloudApp
 from simulator.clock import SystemClock
 from simulator.config import SimulatorConfig
+from simulator.control import SimulatorControl
 from simulator.wire import DropConnection, Request, Response, new_request_id
 
 REASONS = {
@@ -130,6 +131,11 @@ class SimulatorServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def control(self) -> SimulatorControl:
+        """The ``/_sim/`` helpers, over HTTP."""
+        return SimulatorControl(self.base_url)
 
     def start(self) -> str:
         handler = type("Handler", (_Handler,), {"app": self.app})

@@ -287,6 +287,8 @@ def rename_server(state: CloudState, request: Request) -> Response:
         image={"id": server.image_id, "links": []},
         security_groups=[{"name": "default"}],
     )
+    # why: this response types the timestamps as datetimes; an empty string is not one.
+    detail["OS-SRV-USG:terminated_at"] = None
     detail["os-extended-volumes:volumes_attached"] = [
         {"id": volume_id, "delete_on_termination": False} for volume_id in server.volumes
     ]
