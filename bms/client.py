@@ -59,6 +59,8 @@ class BmsClient:
     :param timeout: ``(connect, read)`` seconds, on every call.
     :param before_call: called with the API class before every HTTP request, including the
         client's own GET retries; may block or raise to hold the call back.
+    :param get_retries: extra attempts of a GET after a connection error or a 5xx.
+    :param retry_backoff: seconds before the first GET retry, doubled for each next one.
     """
 
     def __init__(
@@ -70,17 +72,21 @@ class BmsClient:
         ecs_endpoint: str | None = None,
         timeout: tuple[float, float] = (3.05, 30.0),
         before_call: BeforeCall | None = None,
+        get_retries: int = 2,
+        retry_backoff: float = 0.2,
     ) -> None:
         self.project_id = project_id
-        self._v1 = Transport(endpoint, auth, timeout=timeout, before_call=before_call)
+        common = {
+            "timeout": timeout,
+            "before_call": before_call,
+            "get_retries": get_retries,
+            "retry_backoff": retry_backoff,
+        }
+        self._v1 = Transport(endpoint, auth, **common)
         # One session per endpoint family; the native API is a family of its own even when it
         # shares the host, because it must not keep connections alive.
         native = Transport(
-            ecs_endpoint or endpoint,
-            auth,
-            timeout=timeout,
-            before_call=before_call,
-            headers={"Connection": "close"},
+            ecs_endpoint or endpoint, auth, headers={"Connection": "close"}, **common
         )
         #: The OpenStack native v2.1 calls (API class ``nova``).
         self.nova = NovaClient(native, project_id)
