@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import requests
 
 from simulator.auth import AuthFailure, canonical_query, canonical_uri, verify_signature
 from simulator.wire import Request
@@ -92,7 +91,7 @@ def test_canonical_uri_and_query_follow_the_sdk():
     assert canonical_query("name=bms-a&limit=10&tags=a%2Cb") == "limit=10&name=bms-a&tags=a%2Cb"
 
 
-def test_a_bad_signature_over_http_gets_the_gateway_401(simulator):
+def test_a_bad_signature_over_http_gets_the_gateway_401(simulator, http):
     headers = {
         "X-Sdk-Date": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
         "Authorization": f"SDK-HMAC-SHA256 Access={simulator.ak}, "
@@ -100,7 +99,7 @@ def test_a_bad_signature_over_http_gets_the_gateway_401(simulator):
     }
     url = f"{simulator.base_url}/v1/{simulator.project_id}/baremetalservers/detail"
 
-    response = requests.get(url, headers=headers, timeout=10)
+    response = http.get(url, headers=headers, timeout=10)
 
     assert response.status_code == 401
     body = response.json()
@@ -111,7 +110,7 @@ def test_a_bad_signature_over_http_gets_the_gateway_401(simulator):
     assert body["request_id"] == response.headers["X-Request-Id"]
 
 
-def test_iam_tokens_are_issued_and_checked(simulator):
+def test_iam_tokens_are_issued_and_checked(simulator, http):
     url = f"{simulator.base_url}/v3/auth/tokens"
     identity = {
         "methods": ["password"],
@@ -121,23 +120,23 @@ def test_iam_tokens_are_issued_and_checked(simulator):
     }
     jobs_url = f"{simulator.base_url}/v1/{simulator.project_id}/baremetalservers/detail"
 
-    issued = requests.post(url, json={"auth": {"identity": identity}}, timeout=10)
+    issued = http.post(url, json={"auth": {"identity": identity}}, timeout=10)
     identity["password"]["user"]["password"] = "wrong"
-    refused = requests.post(url, json={"auth": {"identity": identity}}, timeout=10)
+    refused = http.post(url, json={"auth": {"identity": identity}}, timeout=10)
     token = issued.headers["X-Subject-Token"]
 
     assert issued.status_code == 201
     assert issued.json()["token"]["project"]["id"] == simulator.project_id
     assert refused.status_code == 401
-    ok = requests.get(jobs_url, headers={"X-Auth-Token": token}, timeout=10)
+    ok = http.get(jobs_url, headers={"X-Auth-Token": token}, timeout=10)
     assert ok.status_code == 200
-    bad = requests.get(jobs_url, headers={"X-Auth-Token": token + "x"}, timeout=10)
+    bad = http.get(jobs_url, headers={"X-Auth-Token": token + "x"}, timeout=10)
     assert (bad.status_code, bad.json()["error_code"]) == (401, "APIGW.0301")
-    assert requests.get(jobs_url, timeout=10).status_code == 401
+    assert http.get(jobs_url, timeout=10).status_code == 401
 
 
-def test_no_auth_mode_accepts_anonymous_calls(simulator_factory):
+def test_no_auth_mode_accepts_anonymous_calls(simulator_factory, http):
     simulator = simulator_factory(auth=False)
     url = f"{simulator.base_url}/v1/{simulator.project_id}/baremetalservers/detail"
 
-    assert requests.get(url, timeout=10).status_code == 200
+    assert http.get(url, timeout=10).status_code == 200

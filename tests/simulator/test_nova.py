@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import openstack
 import pytest
-import requests
 
 from tests.simulator.helpers import FLAVOR_ID, IMAGE_ID, SUBNET_ID, VOLUME_ID
 
 
-def iam_token(simulator) -> str:
+def iam_token(simulator, http) -> str:
     body = {
         "auth": {
             "identity": {
@@ -25,21 +24,21 @@ def iam_token(simulator) -> str:
             "scope": {"project": {"name": "cn-north-4"}},
         }
     }
-    response = requests.post(f"{simulator.base_url}/v3/auth/tokens", json=body, timeout=10)
+    response = http.post(f"{simulator.base_url}/v3/auth/tokens", json=body, timeout=10)
     assert response.status_code == 201
     return response.headers["X-Subject-Token"]
 
 
-def connect(simulator) -> openstack.connection.Connection:
+def connect(simulator, http) -> openstack.connection.Connection:
     return openstack.connection.Connection(
         auth_type="admin_token",
-        auth={"token": iam_token(simulator), "endpoint": simulator.base_url},
+        auth={"token": iam_token(simulator, http), "endpoint": simulator.base_url},
         compute_endpoint_override=f"{simulator.base_url}/v2.1/{simulator.project_id}",
     )
 
 
-def test_openstacksdk_runs_the_native_scenario(simulator):
-    compute = connect(simulator).compute
+def test_openstacksdk_runs_the_native_scenario(simulator, http):
+    compute = connect(simulator, http).compute
 
     assert sorted(f.name for f in compute.flavors()) == [
         "physical.h2.large",
@@ -78,13 +77,13 @@ def test_openstacksdk_runs_the_native_scenario(simulator):
 
 
 @pytest.fixture
-def nova(simulator_factory):
+def nova(simulator_factory, http):
     simulator = simulator_factory(auth=False)
     base = f"{simulator.base_url}/v2.1/{simulator.project_id}"
 
     def call(method, path, version=None, **kwargs):
         headers = {"X-OpenStack-Nova-API-Version": version} if version else {}
-        return requests.request(method, base + path, headers=headers, timeout=10, **kwargs)
+        return http.request(method, base + path, headers=headers, timeout=10, **kwargs)
 
     return call
 
