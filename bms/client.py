@@ -21,7 +21,7 @@ from requests.auth import AuthBase
 
 from bms.jobs import Job
 from bms.nova import NovaClient
-from bms.transport import BeforeCall, Transport, json_body, require
+from bms.transport import BeforeCall, Transport, json_body, require, unexpected
 
 BatchAction = Literal["os-start", "os-stop", "reboot"]
 _BATCH_ACTIONS = ("os-start", "os-stop", "reboot")
@@ -245,9 +245,10 @@ class BmsClient:
         """
         path = f"/v1/{_seg(self.project_id)}/jobs/{_seg(job_id)}"
         response = self._v1.request("job", "GET", path)
-        body = json_body(response)
-        require(response, body, "status")
-        return Job.from_api(body)
+        try:
+            return Job.from_api(json_body(response))
+        except ValueError:
+            raise unexpected(response, "job body has no status") from None
 
     # --- batch delete and power ------------------------------------------------------------
 

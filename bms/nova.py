@@ -70,6 +70,8 @@ class NovaClient:
         """One server: ``GET /servers/{id}``. API class ``nova``.
 
         :raises NotFound: no such server.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         return self._get(self._server(server_id), "server")
 
@@ -78,6 +80,9 @@ class NovaClient:
 
         API class ``nova``. ``filters`` are Nova's query parameters (``name``, ``status``,
         ``tags``, ``limit``, ``marker``...); None values are left out.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         params = {key: value for key, value in filters.items() if value is not None}
         path = "/servers/detail" if detail else "/servers"
@@ -87,6 +92,8 @@ class NovaClient:
         """Delete a server: ``DELETE /servers/{id}``. API class ``nova``; sent once.
 
         :raises NotFound: no such server.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._call("DELETE", self._server(server_id))
 
@@ -97,6 +104,8 @@ class NovaClient:
         """Power on: ``POST /servers/{id}/action {"os-start": {}}``. API class ``nova``.
 
         :raises Conflict: the server is not stopped.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._action(server_id, {"os-start": {}})
 
@@ -104,6 +113,8 @@ class NovaClient:
         """Power off: ``POST /servers/{id}/action {"os-stop": {}}``. API class ``nova``.
 
         :raises Conflict: the server is not running.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._action(server_id, {"os-stop": {}})
 
@@ -111,6 +122,9 @@ class NovaClient:
         """Reboot: ``POST /servers/{id}/action {"reboot": {"type": ...}}``. API class ``nova``.
 
         Only ``HARD`` works on bare metal.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._action(server_id, {"reboot": {"type": type}})
 
@@ -118,32 +132,46 @@ class NovaClient:
         """A server's addresses by network: ``GET /servers/{id}/ips``. API class ``nova``.
 
         :returns: the ``addresses`` object, ``{network: [{"version": 4, "addr": ...}]}``.
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         return self._get(f"{self._server(server_id)}/ips", "addresses")
 
     # --- flavors ---------------------------------------------------------------------------
 
     def list_flavors(self, detail: bool = True) -> list[dict]:
-        """Flavors: ``GET /flavors/detail`` (or ``/flavors``). API class ``nova``."""
+        """Flavors: ``GET /flavors/detail`` (or ``/flavors``). API class ``nova``.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
+        """
         return self._get("/flavors/detail" if detail else "/flavors", "flavors")
 
     def show_flavor(self, flavor_id: str) -> dict:
         """One flavor: ``GET /flavors/{id}``. API class ``nova``.
 
         :raises NotFound: no such flavor.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         return self._get(f"/flavors/{_seg(flavor_id)}", "flavor")
 
     # --- interfaces ------------------------------------------------------------------------
 
     def list_interfaces(self, server_id: str) -> list[dict]:
-        """A server's NICs: ``GET /servers/{id}/os-interface``. API class ``nova``."""
+        """A server's NICs: ``GET /servers/{id}/os-interface``. API class ``nova``.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
+        """
         return self._get(f"{self._server(server_id)}/os-interface", "interfaceAttachments")
 
     def show_interface(self, server_id: str, port_id: str) -> dict:
         """One NIC: ``GET /servers/{id}/os-interface/{port_id}``. API class ``nova``.
 
         :raises NotFound: no such server or port.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         path = f"{self._server(server_id)}/os-interface/{_seg(port_id)}"
         return self._get(path, "interfaceAttachment")
@@ -151,7 +179,11 @@ class NovaClient:
     # --- volume attachments ----------------------------------------------------------------
 
     def list_volume_attachments(self, server_id: str) -> list[dict]:
-        """A server's volumes: ``GET /servers/{id}/os-volume_attachments``. API class ``nova``."""
+        """A server's volumes: ``GET /servers/{id}/os-volume_attachments``. API class ``nova``.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
+        """
         path = f"{self._server(server_id)}/os-volume_attachments"
         return self._get(path, "volumeAttachments")
 
@@ -160,7 +192,10 @@ class NovaClient:
         sent once.
 
         :returns: the ``volumeAttachment`` object.
-        :raises Conflict: the volume is in use.
+        :raises BadRequest: the volume is unknown or in use.
+        :raises Conflict: the server's state forbids attaching.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         attachment = {"volumeId": volume_id}
         if device:
@@ -174,6 +209,8 @@ class NovaClient:
         ``nova``; sent once.
 
         :raises NotFound: the volume is not attached to this server.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         path = f"{self._server(server_id)}/os-volume_attachments/{_seg(volume_id)}"
         self._call("DELETE", path)
@@ -184,6 +221,8 @@ class NovaClient:
         """Key pairs: ``GET /os-keypairs``. API class ``nova``.
 
         :returns: the key pairs, unwrapped from Nova's ``{"keypair": {...}}`` elements.
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         wrapped = self._get("/os-keypairs", "keypairs")
         return [item.get("keypair", item) for item in wrapped]
@@ -192,6 +231,8 @@ class NovaClient:
         """One key pair: ``GET /os-keypairs/{name}``. API class ``nova``.
 
         :raises NotFound: no such key pair.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         return self._get(f"/os-keypairs/{_seg(name)}", "keypair")
 
@@ -201,6 +242,8 @@ class NovaClient:
         :param public_key: import this key; when omitted the cloud generates a pair and the
             answer carries ``private_key`` (only this once).
         :raises Conflict: a key pair of that name exists.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         keypair = {"name": name}
         if public_key:
@@ -212,6 +255,8 @@ class NovaClient:
         """Delete a key pair: ``DELETE /os-keypairs/{name}``. API class ``nova``; sent once.
 
         :raises NotFound: no such key pair.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._call("DELETE", f"/os-keypairs/{_seg(name)}")
 
@@ -221,7 +266,12 @@ class NovaClient:
         return f"{self._server(server_id)}/tags"
 
     def list_tags(self, server_id: str) -> list[str]:
-        """A server's tags: ``GET /servers/{id}/tags``. API class ``nova``."""
+        """A server's tags: ``GET /servers/{id}/tags``. API class ``nova``.
+
+        :raises NotFound: no such server.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
+        """
         return self._get(self._tags(server_id), "tags", headers=_TAG_HEADERS)
 
     def replace_tags(self, server_id: str, tags: list[str]) -> list[str]:
@@ -232,6 +282,8 @@ class NovaClient:
         :returns: the server's tags after the call.
         :raises BadRequest: a tag breaks the rules (too long, ``/`` or ``,``, too many).
         :raises Conflict: the server's state forbids tag changes.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         response = self._call(
             "PUT", self._tags(server_id), json={"tags": list(tags)}, headers=_TAG_HEADERS
@@ -241,6 +293,9 @@ class NovaClient:
     def add_tag(self, server_id: str, tag: str) -> None:
         """Add one tag: ``PUT /servers/{id}/tags/{tag}`` (201 new, 204 present). API class
         ``nova``; sent once, and idempotent.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._call("PUT", f"{self._tags(server_id)}/{_seg(tag)}", headers=_TAG_HEADERS)
 
@@ -249,6 +304,8 @@ class NovaClient:
 
         :returns: True on 204, False on 404. Nova answers 404 for an unknown server as well, so
             False also covers "no such server".
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the GET retries).
         """
         try:
             self._call("GET", f"{self._tags(server_id)}/{_seg(tag)}", headers=_TAG_HEADERS)
@@ -260,9 +317,15 @@ class NovaClient:
         """Remove one tag: ``DELETE /servers/{id}/tags/{tag}``. API class ``nova``; sent once.
 
         :raises NotFound: the server does not have this tag.
+        :raises CloudAPIError: another error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
         """
         self._call("DELETE", f"{self._tags(server_id)}/{_seg(tag)}", headers=_TAG_HEADERS)
 
     def delete_all_tags(self, server_id: str) -> None:
-        """Remove every tag: ``DELETE /servers/{id}/tags``. API class ``nova``; sent once."""
+        """Remove every tag: ``DELETE /servers/{id}/tags``. API class ``nova``; sent once.
+
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer; ``outcome_unknown`` when it may have been applied.
+        """
         self._call("DELETE", self._tags(server_id), headers=_TAG_HEADERS)

@@ -4,8 +4,8 @@
 :meth:`Transport.request` calls the caller's gate with the call's API class before each HTTP
 request it sends, applies the ``(connect, read)`` timeout, maps failures onto
 :mod:`bms.exceptions`, and logs method, path, status and request id at DEBUG (never headers or
-bodies). It retries only what cannot duplicate work: a GET that met a connection error or a 5xx.
-A POST, PUT or DELETE is sent exactly once.
+bodies). It retries only what cannot duplicate work: a GET that met a connection error, a connect
+timeout or a 5xx. A POST, PUT or DELETE is sent exactly once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bms import auth as auth_module
 from bms.exceptions import (
     SAFE_METHODS,
     CloudConnectionError,
+    CloudTransportError,
     ServerError,
     UnexpectedResponse,
     error_from_transport,
@@ -110,8 +111,8 @@ class Transport:
         for attempt in range(1, attempts + 1):
             try:
                 return self._send_once(api_class, method, path, params, json, headers)
-            except (CloudConnectionError, ServerError) as exc:
-                if attempt == attempts:
+            except (CloudTransportError, ServerError) as exc:
+                if attempt == attempts or not _worth_retrying(exc):
                     raise
                 delay = self.retry_backoff * 2 ** (attempt - 1)
                 logger.debug("%s %s failed (%s), retry %d in %.2fs", method, path,
@@ -152,6 +153,14 @@ class Transport:
         )
         raise_from_response(response)
         return response
+
+
+def _worth_retrying(exc: CloudTransportError | ServerError) -> bool:
+    """Whether a failed GET is retried: 5xx, connection errors and connect timeouts are; a read
+    timeout is not, because another full read timeout would stall the caller for long."""
+    if isinstance(exc, ServerError | CloudConnectionError):
+        return True
+    return not exc.may_have_reached_server
 
 
 def json_body(response: requests.Response) -> dict:

@@ -4,12 +4,20 @@ which calls are retried and which are never sent twice, and what is logged."""
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 
 import pytest
 
 from bms.auth import AkSkAuth
 from bms.client import BmsClient
-from bms.exceptions import BadRequest, CloudConnectionError, ServerError, Throttled
+from bms.exceptions import (
+    BadRequest,
+    CloudConnectionError,
+    CloudTimeout,
+    ServerError,
+    Throttled,
+)
 from bms.transport import Transport, UnexpectedResponse
 from tests.bms.localserver import LocalServer, Reply
 
@@ -213,3 +221,45 @@ def test_debug_log_names_method_path_status_and_request_id_only(serve, caplog):
 def test_transport_repr_hides_the_secret_key():
     transport = Transport("http://127.0.0.1:1", AkSkAuth(AK, SK), timeout=(1, 1))
     assert SK not in repr(transport)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_refused_get_is_retried_and_refused_post_is_not():
+    gate_calls: list[str] = []
+    client = BmsClient(_closed_port_url(), PROJECT, AkSkAuth(AK, SK), timeout=(1.0, 1.0),
+                       before_call=gate_calls.append, retry_backoff=0.001)  # fmt: skip
+    with client:
+        with pytest.raises(CloudConnectionError) as get_error:
+            client.show_server("s-1")
+        with pytest.raises(CloudConnectionError) as post_error:
+            client.create_servers({"name": "a"})
+    assert gate_calls == ["show"] * 3 + ["create"]
+    assert not get_error.value.outcome_unknown
+    assert not post_error.value.outcome_unknown, "a refused connection never reached the cloud"
+
+
+def test_a_read_timeout_on_a_get_is_not_retried(serve):
+    release = threading.Event()
+    server = LocalServer(lambda seen: (release.wait(5), Reply(200, SERVER))[1]).start()
+    gate_calls: list[str] = []
+    client = BmsClient(server.base_url, PROJECT, AkSkAuth(AK, SK), timeout=(1.0, 0.2),
+                       before_call=gate_calls.append, retry_backoff=0.001)  # fmt: skip
+    try:
+        with client, pytest.raises(CloudTimeout) as caught:
+            client.show_server("s-1")
+    finally:
+        release.set()
+        server.stop()
+    assert gate_calls == ["show"]
+    assert caught.value.may_have_reached_server and not caught.value.outcome_unknown
+
+
+def test_a_job_body_without_status_is_an_unexpected_response(serve):
+    server = serve(Reply(200, {"job_id": "j-1"}))
+    with _client(server, []) as client, pytest.raises(UnexpectedResponse):
+        client.show_job("j-1")
