@@ -306,8 +306,9 @@ class TokenAuth(AuthBase):
                 json=body,
                 headers={"Content-Type": JSON_CONTENT_TYPE},
                 timeout=self.timeout,
+                allow_redirects=False,  # never carry the password to another host
             )
-        except requests.RequestException as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
             raise error_from_transport(exc, "POST", url) from None
         logger.debug(
             "POST /v3/auth/tokens -> %s request_id=%s",

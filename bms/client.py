@@ -8,7 +8,8 @@ nothing of Celery, Redis or a database.
 
 A create is never sent twice by the client: on a timeout or a dropped connection it raises with
 :attr:`~bms.exceptions.CloudTransportError.outcome_unknown` set, and the caller must look for the
-server before creating again.
+server before creating again. The one re-send of any call is :class:`~bms.auth.TokenAuth`'s after
+a 401: the gateway refused that request before the service saw it, so nothing was created.
 """
 
 from __future__ import annotations

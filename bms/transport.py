@@ -34,6 +34,14 @@ logger = logging.getLogger("bms.client")
 
 USER_AGENT = f"bms-orchestrator/0.1 (+requests/{requests.__version__})"
 
+#: What counts as "no usable answer". Other ``requests`` errors (an invalid URL, a missing
+#: schema) are configuration mistakes and propagate unchanged: retrying cannot fix them.
+_TRANSPORT_FAILURES = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
 #: Gate called with the API class before every HTTP request; may sleep or raise to hold a call.
 BeforeCall = Callable[[str], None]
 
@@ -135,10 +143,18 @@ class Transport:
         gate_token = auth_module.before_resend.set(lambda: self.before_call(api_class))
         started = time.monotonic()
         try:
+            # No redirects: the cloud APIs do not redirect, and following one would turn a POST
+            # into a GET and send the credentials to another host.
             response = self.session.request(
-                method, url, params=params, json=json, headers=headers, timeout=self.timeout
+                method,
+                url,
+                params=params,
+                json=json,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
             )
-        except requests.RequestException as exc:
+        except _TRANSPORT_FAILURES as exc:
             logger.debug("%s %s -> %s", method, path, type(exc).__name__)
             raise error_from_transport(exc, method, url) from None
         finally:

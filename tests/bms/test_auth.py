@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlsplit
 
@@ -313,3 +314,21 @@ def test_token_auth_never_shows_password_or_token(iam):
         assert "demo-password" not in text
         assert token not in text
         assert "demo" in text
+
+
+def test_concurrent_first_calls_fetch_one_token(iam):
+    auth = _token_auth(iam)
+    start = threading.Barrier(8)
+    tokens: list[str] = []
+
+    def first_call():
+        start.wait()
+        tokens.append(auth.token())
+
+    threads = [threading.Thread(target=first_call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert tokens == ["token-0"] * 8
+    assert iam.issued == ["token-0"]

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import pytest
+import requests
 
 from bms.auth import AkSkAuth
 from bms.client import BmsClient
@@ -263,3 +264,16 @@ def test_a_job_body_without_status_is_an_unexpected_response(serve):
     server = serve(Reply(200, {"job_id": "j-1"}))
     with _client(server, []) as client, pytest.raises(UnexpectedResponse):
         client.show_job("j-1")
+
+
+def test_redirects_are_not_followed(serve):
+    server = serve(Reply(302, None, {"Location": "http://127.0.0.1:9/elsewhere"}))
+    with _client(server, []) as client, pytest.raises(UnexpectedResponse):
+        client.create_servers({"name": "a"})
+    assert len(server.calls()) == 1
+
+
+def test_configuration_mistakes_are_not_disguised_as_transient_errors():
+    client = BmsClient("nohttp://x", PROJECT, AkSkAuth(AK, SK))
+    with client, pytest.raises(requests.exceptions.InvalidSchema):
+        client.show_server("s-1")
