@@ -201,3 +201,11 @@ def test_a_wrong_secret_key_is_refused_with_apigw_0301(cloud):
         client.list_servers()
     assert caught.value.error_code == "APIGW.0301"
     assert server.sk[5:] not in str(caught.value)
+
+
+def test_odd_characters_in_query_and_path_are_signed_as_the_server_reads_them(harness):
+    page = harness.client.list_servers(name="nö match ~+&=%", tags="a b,c")
+    assert (page.servers, page.count) == ([], 0)
+    with pytest.raises(NotFound) as caught:
+        harness.client.show_server("id with spaces/and ü~")
+    assert caught.value.error_code == "BMS.0040"
