@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from simulator import iam, introspect, nova, v1
+from simulator import iam, introspect, nova, nova_tags, v1
 from simulator.auth import Authenticator, AuthFailure
 from simulator.clock import SystemClock
 from simulator.config import SimulatorConfig
@@ -18,7 +18,7 @@ from simulator.state import CloudState
 from simulator.wire import ApiError, DropConnection, Request, Response, gateway_error
 
 #: Route tables in match order; ``/_sim/`` and IAM are outside quotas, faults and counters.
-CLOUD_TABLES = (v1.routes, nova.routes)
+CLOUD_TABLES = (v1.routes, nova.routes, nova_tags.routes)
 
 
 class CloudApp:
@@ -51,14 +51,14 @@ class CloudApp:
         """Answer ``request``; raises ``DropConnection`` when the socket must close silently."""
         if request.path.startswith("/_sim/"):
             return self._run(introspect.routes, request, self)
-        if request.path.rstrip("/") == "/v3/auth/tokens" or request.path.startswith("/v3/"):
+        if request.path.startswith("/v3/"):
             return self._run(iam.routes, request, self)
         return self._cloud_call(request)
 
     def _run(self, table: RouteTable, request: Request, context) -> Response:
         found = table.match(request)
         if found is None:
-            return self._no_route(table, request)
+            return _no_route(request)
         route, params = found
         request.params = params
         try:
@@ -66,39 +66,17 @@ class CloudApp:
         except ApiError as error:
             return Response(error.status, error.body)
 
-    def _no_route(self, table: RouteTable, request: Request) -> Response:
-        return gateway_error(
-            404,
-            "APIGW.0101",
-            "The API does not exist or has not been published in the environment",
-            request.request_id,
-        )
-
     def _cloud_call(self, request: Request) -> Response:
-        for table in CLOUD_TABLES:
-            found = table.match(request)
-            if found:
-                break
-        else:
-            return self._no_route(CLOUD_TABLES[0], request)
+        found = next(filter(None, (table.match(request) for table in CLOUD_TABLES)), None)
+        if found is None:
+            return _no_route(request)
         route, params = found
         request.params = params
         api_class = route.api_class
         self.count(api_class, "calls")
-        try:
-            self.auth.check(request)
-        except AuthFailure as failure:
-            self.count(api_class, "errors")
-            return gateway_error(
-                401,
-                "APIGW.0301",
-                f"Incorrect IAM authentication information: {failure}",
-                request.request_id,
-            )
-        exceeded = self.quotas.admit(api_class)
-        if exceeded is not None:
-            self.count(api_class, "throttled")
-            return gateway_error(429, "APIGW.0308", throttle_message(exceeded), request.request_id)
+        refused = self._gate(api_class, request)
+        if refused is not None:
+            return refused
         latency = self.faults.latency_seconds()
         if latency:
             time.sleep(latency)  # why: simulated network/backend latency, outside the state lock
@@ -115,24 +93,36 @@ class CloudApp:
             self.count(api_class, "errors")
         return response
 
+    def _gate(self, api_class: str, request: Request) -> Response | None:
+        """The gateway's checks, in its order: authentication, then the class's quota."""
+        try:
+            self.auth.check(request)
+        except AuthFailure as failure:
+            self.count(api_class, "errors")
+            message = f"Incorrect IAM authentication information: {failure}"
+            return gateway_error(401, "APIGW.0301", message, request.request_id)
+        exceeded = self.quotas.admit(api_class)
+        if exceeded is not None:
+            self.count(api_class, "throttled")
+            return gateway_error(429, "APIGW.0308", throttle_message(exceeded), request.request_id)
+        return None
+
     def _run_locked(self, handler, params: dict, request: Request) -> Response:
         project = params.get("project")
         if project is not None and project != self.config.project_id:
-            return Response(
-                400,
-                {
-                    "error": {
-                        "code": "Common.0018",
-                        "message": "The project in the URL is not the project of the credentials.",
-                    }
-                },
-            )
+            message = "The project in the URL is not the project of the credentials."
+            return Response(400, {"error": {"code": "Common.0018", "message": message}})
         with self.state.lock:
             self.state.advance()
             try:
                 return handler(self.state, request)
             except ApiError as error:
                 return Response(error.status, error.body)
+
+
+def _no_route(request: Request) -> Response:
+    message = "The API does not exist or has not been published in the environment"
+    return gateway_error(404, "APIGW.0101", message, request.request_id)
 
 
 def _backend_fault(fault: str, request: Request) -> Response:

@@ -44,6 +44,3 @@ class RouteTable:
             if found:
                 return route, found.groupdict()
         return None
-
-    def path_known(self, path: str) -> bool:
-        return any(route.pattern.match(path) for route in self.routes)

@@ -83,7 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
         # algorithm and delayed ACKs on keep-alive connections (40 ms stalls).
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         """Silent: a benchmark makes tens of thousands of calls."""
