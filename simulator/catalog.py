@@ -47,8 +47,20 @@ class Subnet:
     vpc_id: str = DEFAULT_VPC_ID
     used: set[str] = field(default_factory=set)
 
-    def allocate(self) -> str | None:
-        """The lowest free host address (from .10, as clouds keep the first ones), or None."""
+    def contains(self, address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(self.cidr)
+        except ValueError:
+            return False
+
+    def allocate(self, wanted: str | None = None) -> str | None:
+        """``wanted`` if it is free, else the lowest free host address from the tenth on (the
+        first ones are the gateway's and DHCP's); None when there is none."""
+        if wanted is not None:
+            if wanted in self.used or not self.contains(wanted):
+                return None
+            self.used.add(wanted)
+            return wanted
         for number, host in enumerate(ipaddress.ip_network(self.cidr).hosts()):
             address = str(host)
             if number >= 9 and address not in self.used:

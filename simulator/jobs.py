@@ -100,6 +100,9 @@ class Schedule:
         self.clock = clock
         self._events: list[tuple[float, int, Callable[[float], None]]] = []
         self._order = itertools.count()
+        #: The due time of the event being applied (None outside events), so changes are
+        #: stamped when they happened rather than when a request noticed them.
+        self.current: float | None = None
 
     def at(self, due: float, action: Callable[[float], None]) -> None:
         heapq.heappush(self._events, (due, next(self._order), action))
@@ -108,7 +111,11 @@ class Schedule:
         now = self.clock.monotonic()
         while self._events and self._events[0][0] <= now:
             due, _, action = heapq.heappop(self._events)
-            action(due)
+            self.current = due
+            try:
+                action(due)
+            finally:
+                self.current = None
 
     def stamp(self, due: float) -> str:
         return job_time(self.clock.wall(due))

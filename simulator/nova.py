@@ -122,14 +122,14 @@ def create_server(state: CloudState, request: Request) -> Response:
     zone = spec.get("availability_zone") or catalog.availability_zones[0]
     if zone not in catalog.availability_zones:
         raise nova_error(400, f"The requested availability zone {zone} is not available.")
-    subnet_ids = _networks(state, spec.get("networks"))
+    nics = _networks(state, spec.get("networks"))
     key_name = spec.get("key_name")
     if key_name and key_name not in catalog.keypairs:
         raise nova_error(400, f"Invalid key_name provided: {key_name}.")
     metadata = spec.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise nova_error(400, "metadata must be an object.")
-    vpc_id = catalog.subnets[subnet_ids[0]].vpc_id
+    vpc_id = catalog.subnets[nics[0][0]].vpc_id
     template = {
         "flavor_id": spec["flavorRef"],
         "image_id": spec["imageRef"],
@@ -139,7 +139,7 @@ def create_server(state: CloudState, request: Request) -> Response:
         "kv_tags": {},
         "metadata": {**{str(k): str(v) for k, v in metadata.items()}, "vpc_id": vpc_id},
     }
-    job = state.create_servers(template, [name], subnet_ids, at_once=True)
+    job = state.create_servers(template, [name], nics, at_once=True)
     server_id = job.sub_jobs[0].entities["server_id"]
     body = {
         "id": server_id,
@@ -152,16 +152,21 @@ def create_server(state: CloudState, request: Request) -> Response:
     return Response(202, {"server": body})
 
 
-def _networks(state: CloudState, networks: object) -> list[str]:
+def _networks(state: CloudState, networks: object) -> list[tuple[str, str | None]]:
+    """(subnet id, fixed IP or None) per network; ``uuid`` names the subnet, as on Huawei."""
     if not isinstance(networks, list) or not 1 <= len(networks) <= 2:
         raise nova_error(400, "networks must list one or two networks.")
-    subnet_ids = []
+    nics = []
     for network in networks:
         uuid = network.get("uuid") if isinstance(network, dict) else None
-        if uuid not in state.catalog.subnets:
+        subnet = state.catalog.subnets.get(uuid)
+        if subnet is None:
             raise nova_error(400, f"Network {uuid} could not be found.")
-        subnet_ids.append(uuid)
-    return subnet_ids
+        address = network.get("fixed_ip") or None
+        if address and (not subnet.contains(address) or address in subnet.used):
+            raise nova_error(409, f"Fixed IP address {address} is already in use or invalid.")
+        nics.append((uuid, address))
+    return nics
 
 
 def _filtered(state: CloudState, request: Request) -> list[Server]:

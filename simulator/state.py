@@ -106,15 +106,10 @@ class CloudState:
     # -- status changes --------------------------------------------------------------------
 
     def set_status(
-        self,
-        server: Server,
-        status: str,
-        task_state: str | None,
-        vm_state: str,
-        power_state: int,
-        due: float | None = None,
+        self, server: Server, status: str, task_state: str | None, vm_state: str, power_state: int
     ) -> None:
-        """Move a server and append the change to its history, stamped at ``due``."""
+        """Move a server and append the change to its history, stamped when it happened."""
+        due = self.schedule.current
         moment = self.clock.wall(due) if due is not None else self.clock.now()
         server.status, server.task_state = status, task_state
         server.vm_state, server.power_state = vm_state, power_state
@@ -150,19 +145,24 @@ class CloudState:
     # -- creation --------------------------------------------------------------------------
 
     def create_servers(
-        self, template: dict, names: list[str], subnet_ids: list[str], at_once: bool = False
+        self,
+        template: dict,
+        names: list[str],
+        nics: list[tuple[str, str | None]],
+        at_once: bool = False,
     ) -> Job:
         """Start a ``baremetalBatchCreate`` job; each server appears when its sub_job starts.
 
-        ``template`` holds the Server fields common to every server of the batch; ``at_once``
-        makes the servers exist before this returns (Nova answers with the new id).
+        ``template`` holds the Server fields common to every server of the batch; ``nics`` is
+        (subnet id, fixed IP or None) per port; ``at_once`` makes the servers exist before this
+        returns (Nova answers with the new id).
         """
         steps = []
         for name in names:
             failure = self.faults.create_failure()
             code, reason = failure or (None, None)
             step = Step(
-                begin=self._create_beginner(template, name, subnet_ids),
+                begin=self._create_beginner(template, name, nics),
                 end=self._create_ender(),
                 error_code=code,
                 fail_reason=reason,
@@ -175,7 +175,7 @@ class CloudState:
             self.advance()
         return job
 
-    def _create_beginner(self, template: dict, name: str, subnet_ids: list[str]):
+    def _create_beginner(self, template: dict, name: str, nics: list[tuple[str, str | None]]):
         def begin(sub: Job) -> str | None:
             server = Server(
                 id=str(uuid.uuid4()),
@@ -187,16 +187,16 @@ class CloudState:
             self.servers[server.id] = server
             sub.entities["server_id"] = server.id
             self.set_status(server, "BUILD", "scheduling", "building", NOSTATE)
-            for subnet_id in subnet_ids:
-                if not self._add_port(server, subnet_id):
+            for subnet_id, address in nics:
+                if not self._add_port(server, subnet_id, address):
                     return "BMS.3005"
             return None
 
         return begin
 
-    def _add_port(self, server: Server, subnet_id: str) -> bool:
+    def _add_port(self, server: Server, subnet_id: str, wanted: str | None) -> bool:
         subnet = self.catalog.subnets[subnet_id]
-        address = subnet.allocate()
+        address = subnet.allocate(wanted)
         if address is None:
             return False
         port = Port(str(uuid.uuid4()), subnet_id, subnet.vpc_id, address, self.new_mac())
@@ -207,6 +207,8 @@ class CloudState:
     def _create_ender(self):
         def end(sub: Job, error_code: str | None) -> tuple[str | None, str | None]:
             server = self.servers[sub.entities["server_id"]]
+            if server.deleted or server.task_state == "deleting":
+                return error_code, None  # why: deleted while building; never resurrect it
             if error_code:
                 server.fault = {
                     "code": 500,
@@ -241,7 +243,8 @@ class CloudState:
                 self.set_status(server, transient, task, server.vm_state, server.power_state)
 
             def end(sub: Job, code, server=server) -> tuple[None, None]:
-                self.set_status(server, final, None, vm_state, power)
+                if not server.deleted and server.task_state != "deleting":
+                    self.set_status(server, final, None, vm_state, power)
                 return None, None
 
             steps.append(Step(begin, end))
@@ -254,7 +257,10 @@ class CloudState:
 
             def begin(sub: Job, server=server) -> None:
                 sub.entities["server_id"] = server.id
-                status = server.status if server.status in ("ACTIVE", "SHUTOFF") else "ACTIVE"
+                # why: ACTIVE, SHUTOFF and ERROR show while deleting; anything else shows ACTIVE
+                status = (
+                    server.status if server.status in ("ACTIVE", "SHUTOFF", "ERROR") else "ACTIVE"
+                )
                 self.set_status(server, status, "deleting", server.vm_state, server.power_state)
 
             def end(sub: Job, code, server=server) -> tuple[None, None]:
@@ -271,7 +277,10 @@ class CloudState:
             self._release_volume(server, volume_id)
         for port in server.ports:
             self.catalog.subnets[port.subnet_id].release(port.ip_address)
-        purge_at = self.clock.monotonic() + self.config.deleted_visible_seconds
+        deleted_at = self.schedule.current
+        if deleted_at is None:
+            deleted_at = self.clock.monotonic()
+        purge_at = deleted_at + self.config.deleted_visible_seconds
 
         def purge(due: float) -> None:
             server.purged = True
@@ -300,6 +309,10 @@ class CloudState:
             sub.entities.update({"server_id": server.id, "volume_id": volume.id})
 
         def end(sub: Job, error_code: str | None) -> tuple[str | None, None]:
+            if server.deleted and not error_code:
+                # why: the server went away while the disk was attaching
+                self._release_volume(server, volume.id)
+                return "BMS.1004", "The server was deleted during the attach."
             if error_code:
                 self._release_volume(server, volume.id)
             else:

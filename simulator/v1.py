@@ -57,7 +57,7 @@ def create_servers(state: CloudState, request: Request) -> Response:
         raise bms_error("BMS.0022", "Invalid availability_zone.")
     if spec.get("vpcid") not in state.catalog.vpcs:
         raise bms_error("BMS.0246", f"The VPC {spec.get('vpcid')} does not exist.")
-    subnet_ids = _subnets(state, spec)
+    nics = _nics(state, spec, count)
     _check_login(state, spec)
     metadata = _metadata(spec)
     charging = spec.get("extendparam") or {}
@@ -76,7 +76,7 @@ def create_servers(state: CloudState, request: Request) -> Response:
     if prepaid and str(charging.get("isAutoPay", "false")).lower() != "true":
         job = state.pending_payment_job("baremetalBatchCreate")
     else:
-        job = state.create_servers(template, names, subnet_ids)
+        job = state.create_servers(template, names, nics)
     if prepaid:
         return Response(
             200, {"order_id": template["metadata"]["metering.order_id"], "job_id": job.job_id}
@@ -90,18 +90,24 @@ def _count(value: object) -> int:
     return value
 
 
-def _subnets(state: CloudState, spec: dict) -> list[str]:
+def _nics(state: CloudState, spec: dict, count: int) -> list[tuple[str, str | None]]:
+    """(subnet id, fixed IP or None) per NIC; a fixed IP only for a single server."""
     nics = spec.get("nics")
     if not isinstance(nics, list) or not 1 <= len(nics) <= 2:
         raise bms_error("BMS.0015", "nics must list one or two subnets.")
-    subnet_ids = []
+    result = []
     for nic in nics:
         subnet_id = nic.get("subnet_id") if isinstance(nic, dict) else None
         subnet = state.catalog.subnets.get(subnet_id)
         if subnet is None or subnet.vpc_id != spec["vpcid"]:
             raise bms_error("BMS.0015", f"The subnet {subnet_id} does not exist in the VPC.")
-        subnet_ids.append(subnet_id)
-    return subnet_ids
+        address = nic.get("ip_address") or None
+        if address and count > 1:
+            raise bms_error("BMS.0207", "A fixed IP address cannot be given for a batch.")
+        if address and (not subnet.contains(address) or address in subnet.used):
+            raise bms_error("BMS.0014", f"The IP address {address} is not free in the subnet.")
+        result.append((subnet_id, address))
+    return result
 
 
 def _check_login(state: CloudState, spec: dict) -> None:

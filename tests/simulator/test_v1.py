@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from simulator import FakeClock
@@ -255,3 +257,46 @@ def test_flavors_limits_and_interfaces(v1):
 def test_unknown_server_and_job_answer_404(v1):
     assert v1.call("GET", "/baremetalservers/no-such-server").status_code == 404
     assert v1.call("GET", "/jobs/0000").status_code == 404
+
+
+def test_a_fixed_ip_is_honoured_for_one_server_only(v1):
+    nic = {"subnet_id": "c1d0e0f0-0000-4000-8000-0000000000b1", "ip_address": "192.168.1.77"}
+
+    server_id = v1.create_active(nics=[nic])
+    taken = v1.create(nics=[nic])
+    batch = v1.create(nics=[{**nic, "ip_address": "192.168.1.78"}], count=2)
+
+    server = v1.call("GET", f"/baremetalservers/{server_id}").json()["server"]
+    assert server["addresses"]["c1d0e0f0-0000-4000-8000-0000000000a1"][0]["addr"] == (
+        "192.168.1.77"
+    )
+    assert taken.json()["error"]["code"] == "BMS.0014"
+    assert batch.json()["error"]["code"] == "BMS.0207"
+
+
+def test_a_server_deleted_while_building_stays_deleted(clocked):
+    v1 = V1(clocked)
+    create_job = v1.create().json()["job_id"]
+    clocked.clock.advance(0.2)
+    server_id = v1.server_ids(v1.job(create_job))[0]
+
+    delete = v1.call("POST", "/baremetalservers/delete", json={"servers": [{"id": server_id}]})
+    clocked.clock.advance(2)
+
+    assert v1.job(delete.json()["job_id"])["status"] == "SUCCESS"
+    server = v1.call("GET", f"/baremetalservers/{server_id}").json()["server"]
+    assert server["status"] == "DELETED"
+
+
+def test_history_is_stamped_when_changes_happened_not_when_read(clocked):
+    v1 = V1(clocked)
+    job_id = v1.create().json()["job_id"]
+    clocked.clock.advance(10)
+    server_id = v1.server_ids(v1.job(job_id))[0]
+
+    build, active = clocked.control.server(server_id)["history"]
+
+    started = clocked.clock.now() - timedelta(seconds=10)
+    tolerance = timedelta(milliseconds=1)
+    assert abs(datetime.fromisoformat(build["at"]) - started - timedelta(seconds=0.1)) < tolerance
+    assert abs(datetime.fromisoformat(active["at"]) - started - timedelta(seconds=1)) < tolerance
