@@ -115,16 +115,16 @@ def create_server(state: CloudState, request: Request) -> Response:
     if not isinstance(name, str) or not 1 <= len(name) <= 255:
         raise nova_error(400, "Invalid server name.")
     catalog = state.catalog
-    if spec.get("flavorRef") not in catalog.flavors:
+    if not v1.known(spec.get("flavorRef"), catalog.flavors):
         raise nova_error(400, f"Flavor {spec.get('flavorRef')} could not be found.")
-    if spec.get("imageRef") not in catalog.images:
+    if not v1.known(spec.get("imageRef"), catalog.images):
         raise nova_error(400, f"Image {spec.get('imageRef')} could not be found.")
     zone = spec.get("availability_zone") or catalog.availability_zones[0]
-    if zone not in catalog.availability_zones:
+    if not v1.known(zone, catalog.availability_zones):
         raise nova_error(400, f"The requested availability zone {zone} is not available.")
     nics = _networks(state, spec.get("networks"))
     key_name = spec.get("key_name")
-    if key_name and key_name not in catalog.keypairs:
+    if key_name and not v1.known(key_name, catalog.keypairs):
         raise nova_error(400, f"Invalid key_name provided: {key_name}.")
     metadata = spec.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -159,10 +159,12 @@ def _networks(state: CloudState, networks: object) -> list[tuple[str, str | None
     nics = []
     for network in networks:
         uuid = network.get("uuid") if isinstance(network, dict) else None
-        subnet = state.catalog.subnets.get(uuid)
+        subnet = state.catalog.subnets.get(uuid) if isinstance(uuid, str) else None
         if subnet is None:
             raise nova_error(400, f"Network {uuid} could not be found.")
         address = network.get("fixed_ip") or None
+        if address is not None and not isinstance(address, str):
+            raise nova_error(400, f"Invalid fixed IP address {address!r}.")
         if address and (not subnet.contains(address) or address in subnet.used):
             raise nova_error(409, f"Fixed IP address {address} is already in use or invalid.")
         nics.append((uuid, address))
@@ -246,6 +248,8 @@ def server_action(state: CloudState, request: Request) -> Response:
         raise nova_error(
             409, f"Cannot '{action}' instance {server.id} while it is in {server.status}."
         )
+    if not isinstance(body[action] or {}, dict):
+        raise nova_error(400, f"{action} takes an object.")
     if action == "reboot" and (body["reboot"] or {}).get("type", "HARD") != "HARD":
         raise nova_error(400, "Only HARD reboot is supported.")
     state.power_action(action, [server])
@@ -411,8 +415,11 @@ def create_keypair(state: CloudState, request: Request) -> Response:
         raise nova_error(400, "Keypair name must be 1 to 255 characters.")
     if name in state.catalog.keypairs:
         raise nova_error(409, f"Key pair '{name}' already exists.")
+    public_key = spec.get("public_key")
+    if public_key is not None and not isinstance(public_key, str):
+        raise nova_error(400, "public_key must be a string.")
     try:
-        keypair = keypairs.build(name, spec.get("public_key"), state.clock.now())
+        keypair = keypairs.build(name, public_key, state.clock.now())
     except ValueError as exc:
         raise nova_error(400, f"Keypair data is invalid: {exc}") from None
     private_key = keypair.pop("private_key", None)

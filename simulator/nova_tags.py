@@ -48,7 +48,7 @@ def replace_tags(state: CloudState, request: Request) -> Response:
     tags = request.json().get("tags")
     if not isinstance(tags, list):
         raise nova_error(400, "tags must be a list.")
-    wanted = [check_tag(tag) for tag in dict.fromkeys(tags)]
+    wanted = list(dict.fromkeys(check_tag(tag) for tag in tags))
     # why: the bare metal marker is a system tag; replacing the user tags keeps it.
     if BAREMETAL_TAG not in wanted:
         wanted.insert(0, BAREMETAL_TAG)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import socket
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from simulator.app import CloudApp
@@ -59,6 +60,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._abort()
             return
+        except Exception:
+            # why: a simulator bug must show as a 500 with a trace, not a silently dead socket
+            traceback.print_exc()
+            response = Response(
+                500,
+                {
+                    "error_msg": "simulator error",
+                    "error_code": "SIM.0500",
+                    "request_id": request.request_id,
+                },
+            )
         close = path.startswith("/v2.1") or self.close_connection
         self._write(response, request.request_id, close)
 

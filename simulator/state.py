@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from simulator.catalog import Catalog, Volume, default_catalog
 from simulator.clock import SystemClock, server_time
@@ -109,14 +110,18 @@ class CloudState:
         self, server: Server, status: str, task_state: str | None, vm_state: str, power_state: int
     ) -> None:
         """Move a server and append the change to its history, stamped when it happened."""
-        due = self.schedule.current
-        moment = self.clock.wall(due) if due is not None else self.clock.now()
+        moment = self.moment()
         server.status, server.task_state = status, task_state
         server.vm_state, server.power_state = vm_state, power_state
         server.updated = server_time(moment)
         server.history.append(
             {"status": status, "task_state": task_state, "at": moment.isoformat()}
         )
+
+    def moment(self) -> datetime:
+        """Now, or the due time of the lifecycle event being applied."""
+        due = self.schedule.current
+        return self.clock.wall(due) if due is not None else self.clock.now()
 
     def _durations(self, count: int) -> list[float]:
         low, high = self.config.job_seconds
@@ -180,7 +185,7 @@ class CloudState:
             server = Server(
                 id=str(uuid.uuid4()),
                 name=name,
-                created=server_time(self.clock.now()),
+                created=server_time(self.moment()),
                 **template,
             )
             server.metadata = dict(template["metadata"])
@@ -214,7 +219,7 @@ class CloudState:
                     "code": 500,
                     "message": f"{error_code}: provisioning failed",
                     "details": "",
-                    "created": server_time(self.clock.now()),
+                    "created": server_time(self.moment()),
                 }
                 self.set_status(server, "ERROR", None, "error", NOSTATE)
             else:

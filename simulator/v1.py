@@ -17,9 +17,16 @@ B = "/v1/{project}/baremetalservers"
 
 #: CJK, letters, digits, ``_ - .`` (reference section 5).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-\u4e00-\u9fff]+$")
+#: Data disks attach as SCSI devices after the system disk ``/dev/sda``.
+DEVICE_PATTERN = re.compile(r"^/dev/sd[b-z]$")
 MAX_COUNT = 100
 MAX_SERVER_TAGS = 9
 MAX_KV_TAGS = 20
+
+
+def known(value: object, collection) -> bool:
+    """Whether ``value`` is a string naming an item of ``collection`` (ids arrive as JSON)."""
+    return isinstance(value, str) and value in collection
 
 
 def server_or_404(state: CloudState, server_id: str, *, live: bool = False) -> Server:
@@ -49,18 +56,20 @@ def create_servers(state: CloudState, request: Request) -> Response:
     count = _count(spec.get("count", 1))
     check_name(spec.get("name"), 63 if count == 1 else 58)
     flavor_id, image_id = spec.get("flavorRef"), spec.get("imageRef")
-    if flavor_id not in state.catalog.flavors:
+    if not known(flavor_id, state.catalog.flavors):
         raise bms_error("BMS.0008", f"The flavor {flavor_id} does not exist.")
-    if image_id not in state.catalog.images:
+    if not known(image_id, state.catalog.images):
         raise bms_error("BMS.0010", f"The image {image_id} does not exist.")
-    if spec.get("availability_zone") not in state.catalog.availability_zones:
+    if not known(spec.get("availability_zone"), state.catalog.availability_zones):
         raise bms_error("BMS.0022", "Invalid availability_zone.")
-    if spec.get("vpcid") not in state.catalog.vpcs:
+    if not known(spec.get("vpcid"), state.catalog.vpcs):
         raise bms_error("BMS.0246", f"The VPC {spec.get('vpcid')} does not exist.")
     nics = _nics(state, spec, count)
     _check_login(state, spec)
     metadata = _metadata(spec)
     charging = spec.get("extendparam") or {}
+    if not isinstance(charging, dict):
+        raise bms_error("BMS.0022", "extendparam must be an object.")
     prepaid = charging.get("chargingMode", "postPaid") == "prePaid"
     tags = _server_tags(spec.get("server_tags") or [])
     template = {
@@ -98,10 +107,12 @@ def _nics(state: CloudState, spec: dict, count: int) -> list[tuple[str, str | No
     result = []
     for nic in nics:
         subnet_id = nic.get("subnet_id") if isinstance(nic, dict) else None
-        subnet = state.catalog.subnets.get(subnet_id)
+        subnet = state.catalog.subnets.get(subnet_id) if isinstance(subnet_id, str) else None
         if subnet is None or subnet.vpc_id != spec["vpcid"]:
             raise bms_error("BMS.0015", f"The subnet {subnet_id} does not exist in the VPC.")
         address = nic.get("ip_address") or None
+        if address is not None and not isinstance(address, str):
+            raise bms_error("BMS.0014", f"Invalid IP address {address!r}.")
         if address and count > 1:
             raise bms_error("BMS.0207", "A fixed IP address cannot be given for a batch.")
         if address and (not subnet.contains(address) or address in subnet.used):
@@ -115,7 +126,7 @@ def _check_login(state: CloudState, spec: dict) -> None:
     has_password, key_name = bool(spec.get("adminPass")), spec.get("key_name")
     if has_password and key_name or not (has_password or key_name or spec.get("user_data")):
         raise bms_error("BMS.0111", "None or multiple passwords specified.")
-    if key_name and key_name not in state.catalog.keypairs:
+    if key_name and not known(key_name, state.catalog.keypairs):
         raise bms_error("BMS.0049", f"The key pair {key_name} does not exist.")
 
 
@@ -317,7 +328,9 @@ def attachable_volume(state: CloudState, server: Server, volume_id: object, devi
         raise bms_error("BMS.1003", f"The volume {volume_id} does not exist.")
     if volume.status != "available":
         raise bms_error("BMS.0103", f"The volume {volume.id} is {volume.status}.")
-    if device and device in server.volumes.values() or device == "/dev/sda":
+    if device and not (isinstance(device, str) and DEVICE_PATTERN.match(device)):
+        raise bms_error("BMS.0022", f"Invalid device {device!r}; expected /dev/sdb to /dev/sdz.")
+    if device and device in server.volumes.values():
         raise bms_error("BMS.0104", f"The device {device} is in use.")
     return volume
 

@@ -35,6 +35,11 @@ def clocked(simulator_factory):
         ({"name": "bad name!"}, "BMS.0206"),
         ({"name": "x" * 60, "count": 2}, "BMS.0206"),
         ({"vpcid": "no-such-vpc"}, "BMS.0246"),
+        ({"flavorRef": ["physical.o2.medium"]}, "BMS.0008"),
+        ({"vpcid": {"id": "x"}}, "BMS.0246"),
+        ({"nics": [{"subnet_id": ["x"]}]}, "BMS.0015"),
+        ({"extendparam": "postPaid"}, "BMS.0022"),
+        ({"metadata": {"k": 1}}, "BMS.0217"),
     ],
 )
 def test_create_refuses_what_the_catalog_does_not_hold(v1, overrides, code):
@@ -171,6 +176,9 @@ def test_attach_assigns_devices_and_refuses_unknown_or_busy_volumes(v1):
     devices = v1.call("GET", f"/baremetalservers/{server_id}/os-volume_attachments").json()
     assert [a["device"] for a in devices["volumeAttachments"]] == ["/dev/sdb", "/dev/sdc"]
     assert attach(VOLUME_ID).json()["error"]["code"] == "BMS.0103"
+    third = "e5e5e5e5-0000-4000-8000-000000000003"
+    assert attach(third, "/dev/sdb").json()["error"]["code"] == "BMS.0104"
+    assert attach(third, "/dev/sda").json()["error"]["code"] == "BMS.0022"
     assert attach("e5e5e5e5-0000-4000-8000-999999999999").json()["error"]["code"] == "BMS.1003"
     not_attached = v1.call(
         "DELETE", f"/baremetalservers/{server_id}/detachvolume/e5e5e5e5-0000-4000-8000-000000000003"
