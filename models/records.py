@@ -83,6 +83,8 @@ class ServerRequest(Timestamped, Base):
     #: Create attempts made so far (1 on the first create).
     attempt: Mapped[int] = mapped_column(default=0)
     failed_step: Mapped[Step | None] = mapped_column(_enum(Step))
+    #: The last step of the TAGGING stage done (tag, rename), so a redelivery skips it.
+    step_done: Mapped[Step | None] = mapped_column(_enum(Step))
     server_id: Mapped[str | None] = mapped_column(String(64))
     #: The cloud job the request is waiting on now (create job, then each attach job).
     job_id: Mapped[str | None] = mapped_column(String(64))
@@ -92,6 +94,8 @@ class ServerRequest(Timestamped, Base):
     create_marker: Mapped[str | None] = mapped_column(String(32), unique=True)
     #: Set, with the marker, just before the create POST: "a create may be in the cloud".
     create_intent_at: Mapped[datetime | None]
+    #: A failed or cancelled server to delete before anything else happens to the request.
+    cleanup_server_id: Mapped[str | None] = mapped_column(String(64))
     #: The server's addresses, recorded when it is finalized.
     addresses: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: Fencing token: bumped whenever a chain is (re)built, so that a stale chain stops.
@@ -183,4 +187,13 @@ def record_creation(session: Session, request: ServerRequest, detail: str | None
     """Append the first event of a new request (``None -> PENDING``)."""
     session.add(
         Event(request_id=request.id, from_state=None, to_state=request.state, detail=detail)
+    )
+
+
+def record_note(session: Session, request: ServerRequest, detail: str) -> None:
+    """Append an event for a side effect that changes no state (a server deleted, say)."""
+    session.add(
+        Event(
+            request_id=request.id, from_state=request.state, to_state=request.state, detail=detail
+        )
     )

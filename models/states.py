@@ -27,6 +27,7 @@ class Step(enum.StrEnum):
     POLL_CREATE = "poll_create"
     ATTACH = "attach"
     TAG = "tag"
+    RENAME = "rename"
     FINALIZE = "finalize"
 
 
@@ -57,6 +58,7 @@ RESUME_STATE: dict[Step, RequestState] = {
     Step.POLL_CREATE: S.CREATING,
     Step.ATTACH: S.ATTACHING,
     Step.TAG: S.TAGGING,
+    Step.RENAME: S.TAGGING,
     Step.FINALIZE: S.TAGGING,
 }
 

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     rate_limits: str = DEFAULT_RATE_LIMITS
     max_attempts: int = Field(default=3, ge=1, le=20)
 
+    #: How often the reconciler runs, and how long a request may go without progress.
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    reconcile_after_seconds: float = Field(default=600.0, gt=0)
+    #: After a create whose answer was lost, how long a marker lookup that finds nothing is
+    #: trusted less than the chance that the server is not listed yet.
+    create_lookup_grace_seconds: float = Field(default=60.0, ge=0)
+    #: Multiplies every poll and retry delay (tests and the demo, with quick simulated jobs,
+    #: use < 1).
+    delay_scale: float = Field(default=1.0, gt=0)
+
     @field_validator("rate_limits")
     @classmethod
     def _check_rate_limits(cls, value: str) -> str:

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: c7ef399d0c9c
+Revision ID: 2d4fd0b9ebcb
 Revises:
-Create Date: 2026-11-27 04:34:14.550066
+Create Date: 2026-11-27 04:37:09.318103
 
 Keep locks short and stay backward-compatible: workers of the previous release may still run.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "c7ef399d0c9c"
+revision: str = "2d4fd0b9ebcb"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -67,6 +67,22 @@ def upgrade() -> None:
                 "poll_create",
                 "attach",
                 "tag",
+                "rename",
+                "finalize",
+                name="step",
+                native_enum=False,
+                length=16,
+            ),
+            nullable=True,
+        ),
+        sa.Column(
+            "step_done",
+            sa.Enum(
+                "create",
+                "poll_create",
+                "attach",
+                "tag",
+                "rename",
                 "finalize",
                 name="step",
                 native_enum=False,
@@ -80,6 +96,7 @@ def upgrade() -> None:
         sa.Column("last_error_message", sa.Text(), nullable=True),
         sa.Column("create_marker", sa.String(length=32), nullable=True),
         sa.Column("create_intent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cleanup_server_id", sa.String(length=64), nullable=True),
         sa.Column("addresses", sa.JSON(), nullable=True),
         sa.Column("fence", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,56 @@
+"""Step 3: attach the request's volumes, one at a time, in order (the API has no batch attach).
+
+An attach POST that went through but whose answer was lost is re-sent by a redelivered message;
+the cloud refuses it (the volume is in use), and the volume list of the server tells us it is
+ours: the attachment is then recorded as done instead of failed.
+"""
+
+from __future__ import annotations
+
+from bms.exceptions import BadRequest, Conflict
+from models.records import AttachmentState, CloudJob, JobKind, transition
+from models.states import RequestState, Step
+from tasks.base import Next, claim, fail, step_task
+from tasks.plan import next_signature
+from tasks.timing import first_poll
+from worker.runtime import runtime
+
+S = RequestState
+
+
+@step_task("bms.attach_volume", Step.ATTACH)
+def attach_volume(*, request_id: str, fence: int) -> Next | None:
+    with claim(request_id, fence) as (_session, request):
+        attachment = next(
+            (a for a in request.attachments if a.state is AttachmentState.PENDING), None
+        )
+        if request.state is not S.ATTACHING or attachment is None:
+            return Next(next_signature(request))
+        attachment.attempt += 1
+        position, server_id = attachment.position, request.server_id
+        volume_id, device = attachment.volume_id, attachment.device
+    client = runtime().client
+    try:
+        job_id = client.attach_volume(server_id, volume_id, device)
+    except (BadRequest, Conflict) as exc:
+        attached = {a.get("volumeId") for a in client.list_volume_attachments(server_id)}
+        return _refused(request_id, fence, position, volume_id in attached, exc)
+    with claim(request_id, fence) as (session, request):
+        attachment = request.attachments[position]
+        attachment.state, attachment.job_id = AttachmentState.ATTACHING, job_id
+        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH))
+        return Next(next_signature(request, countdown=first_poll(JobKind.ATTACH)))
+
+
+def _refused(request_id: str, fence: int, position: int, ours: bool, exc) -> Next:
+    with claim(request_id, fence) as (session, request):
+        attachment = request.attachments[position]
+        if ours:
+            attachment.state = AttachmentState.ATTACHED
+            if all(a.state is AttachmentState.ATTACHED for a in request.attachments):
+                transition(session, request, S.TAGGING, detail="volumes attached")
+            return Next(next_signature(request))
+        attachment.state = AttachmentState.FAILED
+        message = f"volume {attachment.volume_id}: {exc.message or exc}"
+        fail(session, request, Step.ATTACH, exc.error_code, message)
+        return Next(None)

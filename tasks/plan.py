@@ -1,0 +1,71 @@
+"""The chain, read off a request's row: which step comes next.
+
+The chain is never stored in the broker. Each step, after committing its result, sends the
+step this module names from the row; dispatch, retry and the reconciler start a chain the same
+way. So a chain that Celery lost (a dropped step, a purged queue) is rebuilt from the row alone.
+"""
+
+from __future__ import annotations
+
+from celery.canvas import Signature
+
+from models.records import AttachmentState, ServerRequest
+from models.states import RequestState, Step
+from worker.app import app
+
+S = RequestState
+
+
+def next_task_name(request: ServerRequest) -> str | None:
+    """The task that moves ``request`` on, or ``None`` when nothing is left to do."""
+    if request.cleanup_server_id:
+        # A failed or cancelled server goes before anything else happens to the request.
+        return "bms.delete_server"
+    state = request.state
+    if state in (S.PENDING, S.CREATING):
+        return "bms.create_server"
+    if state is S.BUILDING or (state is S.CANCELLED and request.job_id):
+        # A cancelled create still in flight is watched to its end, then deleted.
+        return _building_task(request)
+    if state is S.ATTACHING:
+        return _attaching_task(request)
+    if state is S.TAGGING:
+        return _tagging_task(request)
+    return None
+
+
+def _building_task(request: ServerRequest) -> str | None:
+    if request.job_id:
+        return "bms.poll_create_job"
+    if request.server_id:
+        # Adopted by marker after a lost answer: there is a server but no job id to poll.
+        return "bms.wait_server_built"
+    return None
+
+
+def _attaching_task(request: ServerRequest) -> str | None:
+    for attachment in request.attachments:
+        if attachment.state is AttachmentState.ATTACHED:
+            continue
+        if attachment.state is AttachmentState.ATTACHING and attachment.job_id:
+            return "bms.poll_attach_job"
+        return "bms.attach_volume"
+    return None
+
+
+def _tagging_task(request: ServerRequest) -> str:
+    if request.step_done is None:
+        return "bms.apply_tags"
+    if request.step_done is Step.TAG:
+        return "bms.rename_server"
+    return "bms.finalize"
+
+
+def next_signature(request: ServerRequest, countdown: float | None = None) -> Signature | None:
+    """The next step as an immutable signature carrying the request id and fencing token."""
+    name = next_task_name(request)
+    if name is None:
+        return None
+    kwargs = {"request_id": str(request.id), "fence": request.fence}
+    options = {"countdown": countdown} if countdown else {}
+    return app.signature(name, kwargs=kwargs, immutable=True, **options)

@@ -1,0 +1,74 @@
+"""The Celery application, built from the settings.
+
+``celery -A worker.app worker -Q bms.create,...`` loads this module; it reads the settings once.
+Choices, each against a pitfall of ``shared/reference/celery-orchestration-notes.md``:
+JSON only; late acks with redelivery when a worker dies (every task is idempotent); prefetch of
+one; a visibility timeout, set everywhere Redis needs it, longer than any countdown we use; a
+bound on countdown messages held per worker; task events on, for Flower.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.queues import CONTROL_QUEUE, TASK_ROUTES, declare_queues
+from worker.settings import Settings, get_settings
+
+#: Longest countdown any task asks for (poll ceilings and throttle waits stay under it).
+MAX_COUNTDOWN_SECONDS = 600
+#: Redis redelivers a message not acked within this; it must exceed every countdown and task.
+VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
+#: Countdown/ETA messages a worker holds in memory before it stops fetching more.
+ETA_TASK_LIMIT = 2000
+
+TASK_MODULES = [
+    "tasks.create",
+    "tasks.poll",
+    "tasks.attach",
+    "tasks.finish",
+    "tasks.cleanup",
+    "tasks.control",
+    "tasks.intake",
+]
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.redis_url:
+        raise RuntimeError("BMS_REDIS_URL is not set: workers need a Redis (bmsctl up starts one)")
+    app = Celery("bms", broker=settings.redis_url, include=TASK_MODULES)
+    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        # Only bms.submit_batch keeps a result, for send_task callers; kept one day.
+        result_backend=settings.redis_url,
+        result_expires=24 * 3600,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_eta_task_limit=ETA_TASK_LIMIT,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=VISIBILITY_TIMEOUT_SECONDS,
+        broker_connection_retry_on_startup=True,
+        task_queues=declare_queues(),
+        task_routes=TASK_ROUTES,
+        task_default_queue=CONTROL_QUEUE,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile": {
+                "task": "bms.reconcile",
+                "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": CONTROL_QUEUE},
+            }
+        },
+        timezone="UTC",
+    )
+    return app
+
+
+app = make_celery(get_settings())

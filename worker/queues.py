@@ -1,0 +1,47 @@
+"""Queues: one per cloud API class, plus ``bms.control`` for dispatch and the reconciler.
+
+A queue per class isolates the classes (a backlog of creates never delays job polls); the
+quota itself is enforced by the global limiter, not by the queue.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from worker.settings import API_CLASSES
+
+CONTROL_QUEUE = "bms.control"
+
+
+def queue_of(api_class: str) -> str:
+    """The queue of an API class: ``create`` -> ``bms.create``."""
+    if api_class not in API_CLASSES:
+        raise ValueError(f"unknown API class {api_class!r}")
+    return f"bms.{api_class}"
+
+
+ALL_QUEUES = tuple(queue_of(c) for c in API_CLASSES) + (CONTROL_QUEUE,)
+
+
+def declare_queues() -> tuple[Queue, ...]:
+    return tuple(Queue(name, routing_key=name) for name in ALL_QUEUES)
+
+
+#: Every task by its stable name, with the API class whose queue (and quota) it uses.
+TASK_API_CLASSES = {
+    "bms.create_server": "create",
+    "bms.poll_create_job": "job",
+    "bms.wait_server_built": "show",
+    "bms.attach_volume": "attach",
+    "bms.poll_attach_job": "job",
+    "bms.apply_tags": "nova",
+    "bms.rename_server": "update",
+    "bms.finalize": "show",
+    "bms.delete_server": "list",  # POST /baremetalservers/delete counts with the other v1 calls
+}
+
+#: Celery's ``task_routes``: senders that know only a task's name still reach the right queue.
+TASK_ROUTES = {name: {"queue": queue_of(api)} for name, api in TASK_API_CLASSES.items()} | {
+    "bms.reconcile": {"queue": CONTROL_QUEUE},
+    "bms.submit_batch": {"queue": CONTROL_QUEUE},
+}

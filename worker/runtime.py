@@ -1,0 +1,84 @@
+"""Per-process resources of a worker: the database sessions, the limiter and the cloud client.
+
+Built lazily, once per process (after the prefork pool forks, so no connection is shared
+between processes), from the settings. Tests swap the whole runtime with :func:`use_runtime`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bms.auth import AkSkAuth, TokenAuth
+from bms.client import BmsClient
+from models.db import make_engine, make_session_factory
+from worker.limiter import GlobalLimiter
+from worker.settings import Settings, get_settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    limiter: GlobalLimiter
+    client: BmsClient
+
+
+def build_client(settings: Settings, limiter: GlobalLimiter | None) -> BmsClient:
+    """The cloud client for the settings; every call first spends the limiter's quota."""
+    if not settings.endpoint or not settings.project_id:
+        raise RuntimeError("BMS_ENDPOINT and BMS_PROJECT_ID must be set to reach a cloud")
+    return BmsClient(
+        settings.endpoint,
+        settings.project_id,
+        _auth(settings),
+        ecs_endpoint=settings.ecs_endpoint,
+        before_call=limiter.acquire if limiter else None,
+    )
+
+
+def _auth(settings: Settings):
+    if settings.ak is not None and settings.sk is not None:
+        return AkSkAuth(
+            settings.ak.get_secret_value(), settings.sk.get_secret_value(), settings.project_id
+        )
+    if settings.iam_user is not None:
+        return TokenAuth(
+            settings.iam_endpoint or settings.endpoint,
+            settings.iam_user.get_secret_value(),
+            settings.iam_password.get_secret_value(),
+            settings.iam_domain.get_secret_value(),
+            settings.project_id,
+        )
+    raise RuntimeError("no cloud credentials: set BMS_AK and BMS_SK, or the BMS_IAM_* trio")
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items)
+    return Runtime(
+        settings=settings,
+        sessions=make_session_factory(make_engine(settings.database_url)),
+        limiter=limiter,
+        client=build_client(settings, limiter),
+    )
+
+
+_override: Runtime | None = None
+
+
+@functools.cache
+def _process_runtime() -> Runtime:
+    return build_runtime(get_settings())
+
+
+def runtime() -> Runtime:
+    """This process's runtime (built on first use)."""
+    return _override if _override is not None else _process_runtime()
+
+
+def use_runtime(replacement: Runtime | None) -> None:
+    """Make every task of this process use ``replacement`` (``None``: back to the settings)."""
+    global _override
+    _override = replacement
