@@ -55,42 +55,55 @@ def create_servers(state: CloudState, request: Request) -> Response:
         raise bms_error("BMS.0003", "The request body must contain 'server'.")
     count = _count(spec.get("count", 1))
     check_name(spec.get("name"), 63 if count == 1 else 58)
-    flavor_id, image_id = spec.get("flavorRef"), spec.get("imageRef")
-    if not known(flavor_id, state.catalog.flavors):
-        raise bms_error("BMS.0008", f"The flavor {flavor_id} does not exist.")
-    if not known(image_id, state.catalog.images):
-        raise bms_error("BMS.0010", f"The image {image_id} does not exist.")
-    if not known(spec.get("availability_zone"), state.catalog.availability_zones):
-        raise bms_error("BMS.0022", "Invalid availability_zone.")
-    if not known(spec.get("vpcid"), state.catalog.vpcs):
-        raise bms_error("BMS.0246", f"The VPC {spec.get('vpcid')} does not exist.")
+    _check_catalog(state, spec)
     nics = _nics(state, spec, count)
     _check_login(state, spec)
     metadata = _metadata(spec)
-    charging = spec.get("extendparam") or {}
-    if not isinstance(charging, dict):
-        raise bms_error("BMS.0022", "extendparam must be an object.")
-    prepaid = charging.get("chargingMode", "postPaid") == "prePaid"
-    tags = _server_tags(spec.get("server_tags") or [])
+    prepaid, auto_pay = _charging(spec.get("extendparam"))
     template = {
-        "flavor_id": flavor_id,
-        "image_id": image_id,
+        "flavor_id": spec["flavorRef"],
+        "image_id": spec["imageRef"],
         "availability_zone": spec["availability_zone"],
         "vpc_id": spec["vpcid"],
         "key_name": spec.get("key_name"),
-        "kv_tags": tags,
+        "kv_tags": _server_tags(spec.get("server_tags") or []),
         "metadata": {**metadata, **_system_metadata(state, spec, prepaid)},
     }
     names = [spec["name"]] if count == 1 else [f"{spec['name']}-{i:04d}" for i in range(count)]
-    if prepaid and str(charging.get("isAutoPay", "false")).lower() != "true":
+    if prepaid and not auto_pay:
         job = state.pending_payment_job("baremetalBatchCreate")
     else:
         job = state.create_servers(template, names, nics)
     if prepaid:
-        return Response(
-            200, {"order_id": template["metadata"]["metering.order_id"], "job_id": job.job_id}
-        )
+        order_id = template["metadata"]["metering.order_id"]
+        return Response(200, {"order_id": order_id, "job_id": job.job_id})
     return Response(200, {"job_id": job.job_id})
+
+
+def _check_catalog(state: CloudState, spec: dict) -> None:
+    """Flavor, image, zone and VPC must exist (reference section 12 codes)."""
+    catalog = state.catalog
+    if not known(spec.get("flavorRef"), catalog.flavors):
+        raise bms_error("BMS.0008", f"The flavor {spec.get('flavorRef')} does not exist.")
+    if not known(spec.get("imageRef"), catalog.images):
+        raise bms_error("BMS.0010", f"The image {spec.get('imageRef')} does not exist.")
+    if not known(spec.get("availability_zone"), catalog.availability_zones):
+        raise bms_error("BMS.0022", f"Invalid availability_zone {spec.get('availability_zone')}.")
+    if not known(spec.get("vpcid"), catalog.vpcs):
+        raise bms_error("BMS.0246", f"The VPC {spec.get('vpcid')} does not exist.")
+
+
+def _charging(extendparam: object) -> tuple[bool, bool]:
+    """(prePaid, auto-pay). Without ``chargingMode`` we bill postPaid: the SDK documents
+    prePaid as the default, but an unpaid order would leave the job waiting for ever."""
+    extendparam = extendparam or {}
+    if not isinstance(extendparam, dict):
+        raise bms_error("BMS.0022", "extendparam must be an object.")
+    mode = extendparam.get("chargingMode", "postPaid")
+    if mode not in ("prePaid", "postPaid"):
+        raise bms_error("BMS.0022", f"Invalid chargingMode {mode!r}.")
+    auto_pay = str(extendparam.get("isAutoPay", "false")).lower() == "true"
+    return mode == "prePaid", auto_pay
 
 
 def _count(value: object) -> int:
