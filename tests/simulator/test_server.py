@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import http.client
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from simulator import SimulatorConfig, SimulatorServer
+from tests.simulator.helpers import V1
 
 
 def test_v1_keeps_the_connection_open_for_several_calls(simulator_factory):
@@ -51,3 +54,33 @@ def test_the_server_is_a_context_manager_on_a_free_port(http):
         pass
     else:
         raise AssertionError("the simulator still answers after stop()")
+
+
+def test_stop_also_cuts_open_keep_alive_connections(simulator_factory):
+    simulator = simulator_factory(auth=False)
+    connection = http.client.HTTPConnection("127.0.0.1", simulator.port, timeout=10)
+    path = f"/v1/{simulator.project_id}/baremetalservers/flavors"
+    connection.request("GET", path)
+    connection.getresponse().read()
+
+    simulator.stop()
+
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        connection.request("GET", path)
+        connection.getresponse()
+    connection.close()
+
+
+def test_concurrent_creates_get_distinct_servers_and_addresses(simulator_factory):
+    simulator = simulator_factory(auth=False)
+
+    def create_batch(index: int) -> int:
+        return V1(simulator).create(name=f"t{index}", count=5).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(create_batch, range(8)))
+
+    servers = simulator.control.servers()
+    assert statuses == [200] * 8
+    assert len({s["id"] for s in servers}) == 40
+    assert len({s["addresses"][0] for s in servers}) == 40
