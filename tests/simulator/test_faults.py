@@ -95,3 +95,14 @@ def test_fault_settings_change_at_run_time_and_are_validated(simulator):
     assert simulator.control.faults()["http_503_share"] == 0.25
     with pytest.raises(Exception, match="400"):
         simulator.control.set_faults(http_503_share=2)
+
+
+def test_latency_delays_cloud_calls_but_not_introspection(simulator_factory):
+    simulator = simulator_factory(auth=False, latency_ms=150)
+    v1 = V1(simulator)
+
+    cloud = v1.call("GET", "/baremetalservers/flavors").elapsed.total_seconds()
+    introspection = v1.session.get(f"{simulator.base_url}/_sim/faults", timeout=10)
+
+    assert cloud >= 0.15
+    assert introspection.elapsed.total_seconds() < 0.15
