@@ -9,7 +9,12 @@ import secrets
 from simulator.catalog import Volume
 from simulator.routing import RouteTable
 from simulator.state import BAREMETAL_TAG, CloudState, Server
-from simulator.views import interface_attachments, server_detail, volume_attachments
+from simulator.views import (
+    interface_attachments,
+    server_detail,
+    slim_server,
+    volume_attachments,
+)
 from simulator.wire import ApiError, Request, Response, bms_error
 
 routes = RouteTable()
@@ -189,6 +194,19 @@ def _system_metadata(state: CloudState, spec: dict, prepaid: bool) -> dict[str, 
 
 @routes.add("GET", B + "/detail", "list")
 def list_servers(state: CloudState, request: Request) -> Response:
+    servers, count = _listed(state, request)
+    return Response(200, {"servers": [server_detail(state, s) for s in servers], "count": count})
+
+
+@routes.add("GET", "/v1.1/{project}/baremetalservers/detail", "list")
+def list_servers_slim(state: CloudState, request: Request) -> Response:
+    """The v1.1 list: the same filters, a slim record per server, no count."""
+    servers, _ = _listed(state, request)
+    return Response(200, {"servers": [slim_server(state, s) for s in servers]})
+
+
+def _listed(state: CloudState, request: Request) -> tuple[list[Server], int]:
+    """One page of the servers matching the query, and how many match in all."""
     query = request.query
     servers = [s for s in reversed(state.servers.values()) if not s.deleted and not s.purged]
     if "name" in query:
@@ -202,10 +220,7 @@ def list_servers(state: CloudState, request: Request) -> Response:
         servers = [s for s in servers if wanted <= set(s.all_tags()) | set(s.kv_tags)]
     limit = _int_param(query.get("limit", "25"), 1, 1000)
     page = _int_param(query.get("offset", "1"), 1, 10**6)
-    selected = servers[(page - 1) * limit : page * limit]
-    return Response(
-        200, {"servers": [server_detail(state, s) for s in selected], "count": len(servers)}
-    )
+    return servers[(page - 1) * limit : page * limit], len(servers)
 
 
 def _int_param(text: str, low: int, high: int) -> int:

@@ -83,6 +83,25 @@ def server_detail(state: CloudState, server: Server) -> dict:
     }
 
 
+def slim_server(state: CloudState, server: Server) -> dict:
+    """The v1.1 list record (``ServerListDetails``)."""
+    return {
+        "id": server.id,
+        "user_id": server.metadata.get("op_svc_userid", ""),
+        "name": server.name,
+        "created": server.created,
+        "updated": server.updated,
+        "tenant_id": state.config.project_id,
+        "flavor": flavor_summary(state, server.flavor_id),
+        "status": server.status,
+        "task_state": server.task_state,
+        "vm_state": server.vm_state,
+        "availability_zone": server.availability_zone,
+        "fault": server.fault,
+        "in_recycle_bin": False,
+    }
+
+
 def volumes_attached(server: Server) -> list[dict]:
     system = {"id": f"sys-{server.id}", "delete_on_termination": "true", "bootIndex": "0"}
     attached = [{**system, "device": "/dev/sda"}]

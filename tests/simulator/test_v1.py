@@ -148,6 +148,13 @@ def test_list_filters_by_name_status_and_tags_and_pages(v1):
     page = listed(limit=4, offset=2)
     assert (page["count"], len(page["servers"])) == (6, 2)
     assert v1.call("GET", "/baremetalservers/detail", params={"limit": 0}).status_code == 400
+    slim = v1.session.get(
+        v1.base.replace("/v1/", "/v1.1/") + "/baremetalservers/detail",
+        params={"name": "db"},
+        timeout=10,
+    ).json()
+    assert sorted(s["name"] for s in slim["servers"]) == ["db-0000", "db-0001", "db-0002"]
+    assert set(slim["servers"][0]) >= {"id", "status", "task_state", "in_recycle_bin"}
 
 
 def test_rename_changes_the_name_only(v1):
