@@ -24,25 +24,31 @@ EPILOG = (
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description, parser.epilog = DESCRIPTION, EPILOG
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    parser.add_argument(
+    _add_cloud_options(parser.add_argument_group("cloud"))
+    _add_fault_options(parser.add_argument_group("faults"))
+    _add_auth_options(parser.add_argument_group("authentication"))
+
+
+def _add_cloud_options(group) -> None:
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    group.add_argument(
         "--port", type=int, default=8500, help="0 picks a free port (default %(default)s)"
     )
-    parser.add_argument("--project-id", default=SimulatorConfig.project_id)
-    parser.add_argument(
+    group.add_argument("--project-id", default=SimulatorConfig.project_id)
+    group.add_argument(
         "--job-seconds",
         type=seconds_range,
         default=(0.2, 0.6),
         metavar="LOW-HIGH",
         help="duration range of each job, e.g. 0.2-0.6 or 0 (default 0.2-0.6)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--deleted-visible-seconds",
         type=float,
         default=30.0,
         help="how long a deleted server answers status DELETED before 404 (default %(default)s)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--quota",
         type=quota_spec,
         default=DEFAULT_QUOTAS,
@@ -50,48 +56,57 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="per-class quotas, e.g. 'create=50/minute;show=1000/minute'; "
         "classes left out keep the seed's table",
     )
-    defaults = FaultSettings()
-    for name in (
-        "create_fail_share",
-        "attach_fail_share",
-        "http_500_share",
-        "http_503_share",
-        "drop_share",
-    ):
-        parser.add_argument(
+
+
+#: Fault options that take a share between 0 and 1.
+SHARE_OPTIONS = (
+    "create_fail_share",
+    "attach_fail_share",
+    "http_500_share",
+    "http_503_share",
+    "drop_share",
+)
+
+
+def _add_fault_options(group) -> None:
+    for name in SHARE_OPTIONS:
+        group.add_argument(
             "--" + name.replace("_", "-"),
             type=share,
-            default=getattr(defaults, name),
+            default=getattr(FaultSettings(), name),
             metavar="X",
             help="share 0..1 (default 0)",
         )
-    parser.add_argument(
+    group.add_argument(
         "--latency-ms", type=int, default=0, metavar="N", help="delay added to every cloud call"
     )
-    parser.add_argument(
+    group.add_argument(
         "--seed", type=int, default=0, help="seed of every fault decision (default 0)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--fail-create-codes",
         default="BMS.3037,BMS.3004",
         metavar="CODES",
         help="comma-separated codes failed create sub_jobs carry",
     )
-    parser.add_argument(
+
+
+def _add_auth_options(group) -> None:
+    group.add_argument(
         "--credential",
         action="append",
         type=credential,
         metavar="AK:SK",
         help="accepted AK/SK pair (repeatable; default: the demo pair)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--iam-user",
         action="append",
         type=iam_user,
         metavar="NAME:PASSWORD:DOMAIN",
         help="IAM user that may get tokens (repeatable; default demo:demo-password:demo)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--no-auth", action="store_true", help="accept calls without a token or signature"
     )
 
