@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     #: use < 1).
     delay_scale: float = Field(default=1.0, gt=0)
 
+    #: Where the REST API listens; off loopback it refuses to start without ``api_token``.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    #: When set, every API route but ``/healthz`` and the docs needs ``Bearer <token>``.
+    api_token: SecretStr | None = None
+
     @field_validator("rate_limits")
     @classmethod
     def _check_rate_limits(cls, value: str) -> str:

@@ -1,0 +1,55 @@
+"""The application factory: settings and a session factory in, a FastAPI app out.
+
+Importing this module imports the Celery app (``worker.app``), which reads ``BMS_REDIS_URL``:
+a submission or a retry sends its chain through that broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import batches, errors, health, server_requests
+from api.auth import require_token
+from models.db import make_engine, make_session_factory
+from worker.settings import Settings
+
+DESCRIPTION = """
+Submit batches of bare metal servers to provision, follow them, cancel and retry them.
+
+Every route but `/healthz` and these docs needs `Authorization: Bearer <BMS_API_TOKEN>` when
+the token is set. Every 422 answers `{"detail": [{"field", "message"}]}`, naming each bad field.
+"""
+
+
+def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
+    """Build the API. Without ``sessions``, an engine is made from ``settings.database_url``
+    and disposed of when the app shuts down."""
+    engine = None
+    if sessions is None:
+        engine = make_engine(settings.database_url)
+        sessions = make_session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if engine is not None:
+            engine.dispose()
+
+    app = FastAPI(
+        title="bms-orchestrator",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    errors.install(app)
+    app.include_router(health.router)
+    protected = [Depends(require_token)]
+    app.include_router(batches.router, dependencies=protected)
+    app.include_router(server_requests.router, dependencies=protected)
+    return app

@@ -1,0 +1,33 @@
+"""Bearer-token auth: when ``BMS_API_TOKEN`` is set, every protected route needs it."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.deps import AppSettings
+
+# auto_error=False: a missing header gets our 401 (FastAPI's own would be a 403), and only when
+# a token is configured at all.
+bearer = HTTPBearer(auto_error=False, description="The value of BMS_API_TOKEN.")
+
+
+def require_token(
+    settings: AppSettings,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Refuse the call (401) unless it carries the configured token; no token: open API."""
+    expected = settings.api_token.get_secret_value() if settings.api_token else ""
+    if not expected:
+        return
+    given = credentials.credentials if credentials else ""
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or invalid bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,154 @@
+"""Routes of ``/v1/batches``: submit a batch, list and read batches, cancel or retry one."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
+
+from api import queries
+from api.deps import Sessions
+from api.errors import InvalidFields
+from api.schemas import (
+    BatchCancelled,
+    BatchDetail,
+    BatchPage,
+    BatchRetried,
+    InvalidRequest,
+    Problem,
+    SubmittedBatch,
+)
+from models.db import session_scope
+from models.records import BatchSource
+from models.spec import SpecError, parse_batch
+from tasks import control
+from tasks.intake import submit
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+NOT_FOUND = {404: {"model": Problem, "description": "No batch has this id."}}
+INVALID = {422: {"model": InvalidRequest, "description": "Each bad field, named by its path."}}
+
+EXAMPLE_BATCH = {
+    "name": "example-rack-a",
+    "defaults": {
+        "imageRef": "a3e5c3e0-0000-4000-8000-000000000001",
+        "flavorRef": "physical.o2.medium",
+        "vpcid": "c1d0e0f0-0000-4000-8000-0000000000a1",
+        "availability_zone": "cn-north-4a",
+        "nics": [{"subnet_id": "c1d0e0f0-0000-4000-8000-0000000000b1"}],
+        "key_name": "demo-key",
+        "metadata": {"op_svc_userid": "8d5b8e3a2b1c4f0e9d7a6b5c4d3e2f10"},
+    },
+    "servers": [
+        {"name": "db-primary", "attach_volumes": [{"volume_id": "e5e5e5e5-0000-4000-8000-1"}]},
+        {"name": "web", "count": 4, "tags": ["rack-a", "web"]},
+    ],
+}
+
+
+def _not_found(batch_id: uuid.UUID) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"batch {batch_id} not found")
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SubmittedBatch,
+    summary="Submit a batch of servers to provision",
+    responses={
+        200: {"model": SubmittedBatch, "description": "A replay of an Idempotency-Key."},
+        **INVALID,
+    },
+)
+def submit_batch(
+    response: Response,
+    sessions: Sessions,
+    batch: Annotated[dict[str, Any], Body(examples=[EXAMPLE_BATCH])],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=128,
+            description="A resubmission with the same key returns the first batch.",
+        ),
+    ] = None,
+) -> SubmittedBatch:
+    """The batch format of ``examples/batch.yaml``, as JSON: ``name``, optional ``defaults``
+    merged into every server, and ``servers``. Answers **202** with one request per server
+    (``count`` expanded), all PENDING, their chains already sent to the workers.
+
+    With an ``Idempotency-Key`` already used, nothing is created: the answer is **200** with the
+    first batch's id and requests (their states as they are now), whatever this body holds.
+    A batch that does not validate answers **422** naming every bad field; nothing is stored.
+    """
+    try:
+        spec = parse_batch(batch)
+    except SpecError as exc:
+        raise InvalidFields(exc.errors) from None
+    submitted = submit(sessions, spec, BatchSource.API, idempotency_key)
+    if not submitted.created:
+        response.status_code = status.HTTP_200_OK
+    with session_scope(sessions) as session:
+        return queries.submitted_batch(session, submitted.batch_id, submitted.request_ids)
+
+
+@router.get("", response_model=BatchPage, summary="List batches, newest first", responses=INVALID)
+def list_batches(
+    sessions: Sessions,
+    limit: Annotated[int, Query(ge=1, le=500, description="Batches per page.")] = 50,
+    offset: Annotated[int, Query(ge=0, description="Batches to skip.")] = 0,
+) -> BatchPage:
+    """A page of batches with their requests counted per state; ``total`` counts them all."""
+    with session_scope(sessions) as session:
+        return queries.batch_page(session, limit, offset)
+
+
+@router.get(
+    "/{batch_id}",
+    response_model=BatchDetail,
+    summary="Read a batch and its requests",
+    responses={**NOT_FOUND, **INVALID},
+)
+def read_batch(batch_id: uuid.UUID, sessions: Sessions) -> BatchDetail:
+    """Name, source, creation time, requests counted per state, and each request's state."""
+    with session_scope(sessions) as session:
+        detail = queries.batch_detail(session, batch_id)
+    if detail is None:
+        raise _not_found(batch_id)
+    return detail
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=BatchCancelled,
+    summary="Cancel a batch's unfinished requests",
+    responses={**NOT_FOUND, **INVALID},
+)
+def cancel_batch(batch_id: uuid.UUID, sessions: Sessions) -> BatchCancelled:
+    """Requests not yet created never will be; a server already created (or being created) is
+    deleted once its create finished. Finished requests are left as they are."""
+    request_ids = _request_ids(sessions, batch_id)
+    return BatchCancelled(batch_id=batch_id, cancelled=control.cancel(sessions, request_ids))
+
+
+@router.post(
+    "/{batch_id}/retry",
+    response_model=BatchRetried,
+    summary="Retry a batch's FAILED requests",
+    responses={**NOT_FOUND, **INVALID},
+)
+def retry_batch(batch_id: uuid.UUID, sessions: Sessions) -> BatchRetried:
+    """Each FAILED request resumes at the step that failed, with a fresh attempt budget."""
+    request_ids = _request_ids(sessions, batch_id)
+    return BatchRetried(batch_id=batch_id, retried=control.retry(sessions, request_ids))
+
+
+def _request_ids(sessions: Sessions, batch_id: uuid.UUID) -> list[uuid.UUID]:
+    with session_scope(sessions) as session:
+        request_ids = queries.batch_request_ids(session, batch_id)
+    if request_ids is None:
+        raise _not_found(batch_id)
+    return request_ids
