@@ -31,7 +31,7 @@ def make_client(database, redis_url) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def build(**overrides) -> TestClient:
-        settings = api_settings(database.url, redis_url, **overrides)
+        settings = api_settings(database.url, overrides.pop("redis_url", redis_url), **overrides)
         client = TestClient(create_app(settings, database.sessions))
         clients.append(client)
         return client
