@@ -42,8 +42,9 @@ _TRANSPORT_FAILURES = (
     requests.exceptions.ChunkedEncodingError,
 )
 
-#: Gate called with the API class before every HTTP request; may sleep or raise to hold a call.
-BeforeCall = Callable[[str], None]
+#: The gate: called with the API class before each HTTP request; it may raise to hold the call
+#: back, and may return a callable that the transport calls once the exchange is over.
+BeforeCall = Callable[[str], Callable[[], None] | None]
 
 
 def _no_gate(api_class: str) -> None:
@@ -138,7 +139,7 @@ class Transport:
         headers: Mapping[str, str] | None,
     ) -> requests.Response:
         url = self.base_url + path
-        self.before_call(api_class)
+        after_call = self.before_call(api_class)
         # A TokenAuth re-send after a 401 is a second HTTP call: let it pass the same gate.
         gate_token = auth_module.before_resend.set(lambda: self.before_call(api_class))
         started = time.monotonic()
@@ -159,6 +160,8 @@ class Transport:
             raise error_from_transport(exc, method, url) from None
         finally:
             auth_module.before_resend.reset(gate_token)
+            if after_call is not None:
+                after_call()
         logger.debug(
             "%s %s -> %s request_id=%s %.0fms",
             method,

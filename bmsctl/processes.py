@@ -64,9 +64,9 @@ class ManagedProcess:
         self._signal_group(signal.SIGKILL)
         self._log.close()
 
-    def kill(self) -> None:
-        """SIGKILL the child alone (tests of a crashed worker)."""
-        self.process.kill()
+    def kill_group(self) -> None:
+        """SIGKILL the child and everything it started, at once: a machine lost."""
+        self._signal_group(signal.SIGKILL)
         self.process.wait(5)
 
     def _signal_group(self, signum: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bms.exceptions import BadRequest, Conflict
 from models.records import AttachmentState, CloudJob, JobKind, transition
 from models.states import RequestState, Step
-from tasks.base import Next, claim, fail, step_task
+from tasks.base import Next, Wait, claim, fail, step_task
 from tasks.plan import next_signature
 from tasks.timing import first_poll
 from worker.runtime import runtime
@@ -35,14 +35,19 @@ def attach_volume(*, request_id: str, fence: int) -> Next | None:
     except (BadRequest, Conflict) as exc:
         attached = {a.get("volumeId") for a in client.list_volume_attachments(server_id)}
         return _refused(request_id, fence, position, volume_id in attached, exc)
-    with claim(request_id, fence) as (session, request):
+    # Recorded whatever the fence, as a create is: the cloud started this job.
+    with claim(request_id, None) as (session, request):
         attachment = request.attachments[position]
+        if attachment.state is not AttachmentState.PENDING:
+            return None
         attachment.state, attachment.job_id = AttachmentState.ATTACHING, job_id
         session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH))
-        return Next(next_signature(request, countdown=first_poll(JobKind.ATTACH)))
+        owner = request.fence == fence
+        return Next(next_signature(request, first_poll(JobKind.ATTACH)) if owner else None)
 
 
 def _refused(request_id: str, fence: int, position: int, ours: bool, exc) -> Next:
+    wait = None
     with claim(request_id, fence) as (session, request):
         attachment = request.attachments[position]
         if ours:
@@ -50,7 +55,13 @@ def _refused(request_id: str, fence: int, position: int, ours: bool, exc) -> Nex
             if all(a.state is AttachmentState.ATTACHED for a in request.attachments):
                 transition(session, request, S.TAGGING, detail="volumes attached")
             return Next(next_signature(request))
-        attachment.state = AttachmentState.FAILED
         message = f"volume {attachment.volume_id}: {exc.message or exc}"
-        fail(session, request, Step.ATTACH, exc.error_code, message)
-        return Next(None)
+        request.last_error_code, request.last_error_message = exc.error_code, message
+        if attachment.attempt < runtime().settings.max_attempts:
+            # An earlier attach of ours may still be running (the volume is not listed yet).
+            wait = first_poll(JobKind.ATTACH)
+        else:
+            attachment.state = AttachmentState.FAILED
+            fail(session, request, Step.ATTACH, exc.error_code, message)
+            return Next(None)
+    raise Wait(wait, "attach refused")

@@ -20,6 +20,7 @@ from tasks.base import Next, Wait, claim, fail, step_task
 from tasks.errors import is_retryable
 from tasks.plan import next_signature
 from tasks.timing import create_backoff, first_poll
+from worker import fault_hooks
 from worker.limiter import NoCapacity
 from worker.runtime import runtime
 
@@ -118,6 +119,7 @@ def _post_create(request_id: str, fence: int, body: dict, marker: str) -> Next |
         raise  # with the intent kept, the retry looks the marker up before any new POST
     except BadRequest as exc:
         return _refused(request_id, fence, exc)
+    fault_hooks.after_create_post()
     # Recorded whatever the fence: the cloud accepted a create, and that must not be lost
     # because another chain took the request over meanwhile.
     with claim(request_id, None) as (session, request):
