@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: Modules of this package that register a sub-command, in ``--help`` order.
-COMMAND_MODULES = ("demo", "db", "sim")
+COMMAND_MODULES = ("up", "demo", "operate", "db", "sim")
 
 
 def build_parser() -> argparse.ArgumentParser:

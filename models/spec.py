@@ -438,10 +438,10 @@ def parse_batch(data: Any) -> BatchSpec:
     return batch
 
 
-def load_batch_file(path: str | Path) -> BatchSpec:
-    """Read and validate a batch file (``.yaml``, ``.yml`` or ``.json``).
+def read_batch_file(path: str | Path) -> Any:
+    """The data of a batch file (``.yaml``, ``.yml`` or ``.json``), not yet validated.
 
-    :raises SpecError: the file does not parse or a field is invalid.
+    :raises SpecError: the file cannot be read or does not parse.
     """
     path = Path(path)
     try:
@@ -449,7 +449,14 @@ def load_batch_file(path: str | Path) -> BatchSpec:
     except OSError as exc:
         raise SpecError([(str(path), f"cannot be read: {exc.strerror}")]) from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise SpecError([(str(path), f"does not parse: {exc}")]) from None
-    return parse_batch(data)
+
+
+def load_batch_file(path: str | Path) -> BatchSpec:
+    """Read and validate a batch file.
+
+    :raises SpecError: the file does not parse or a field is invalid.
+    """
+    return parse_batch(read_batch_file(path))

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     #: When set, every API route but ``/healthz`` and the docs needs ``Bearer <token>``.
     api_token: SecretStr | None = None
 
+    #: Flower, the Celery dashboard that ``bmsctl up`` starts; off loopback it refuses to start
+    #: without ``flower_basic_auth`` (``user:password``).
+    flower_address: str = "127.0.0.1"
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_basic_auth: SecretStr | None = None
+
     @field_validator("rate_limits")
     @classmethod
     def _check_rate_limits(cls, value: str) -> str:

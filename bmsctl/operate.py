@@ -1,0 +1,94 @@
+"""``bmsctl submit | watch | status | retry | cancel``: work with a running orchestrator
+through its REST API (see ``bmsctl.apiclient`` for how it is found)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from bmsctl.apiclient import ApiClient, ApiError
+from bmsctl.watching import counts_text, summary_table, watch
+from models.spec import SpecError, parse_batch, read_batch_file
+
+
+def register(subparsers) -> None:
+    submit = _command(subparsers, "submit", "submit a batch file (YAML or JSON)", run_submit)
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--watch", action="store_true", help="follow it until it ends")
+    submit.add_argument("--idempotency-key", help="resubmitting with it creates nothing new")
+
+    watch_cmd = _command(subparsers, "watch", "follow a batch until it ends", run_watch)
+    watch_cmd.add_argument("batch")
+
+    status = _command(subparsers, "status", "batches, or one batch's requests", run_status)
+    status.add_argument("batch", nargs="?")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, verb in (("retry", "retry FAILED requests"), ("cancel", "cancel requests")):
+        command = _command(subparsers, name, f"{verb} of a batch, or one request", run_operation)
+        command.add_argument("id", help="a batch id, or a request id with --request")
+        command.add_argument("--request", action="store_true", help="the id is a request's")
+
+
+def _command(subparsers, name: str, text: str, func):
+    parser = subparsers.add_parser(name, help=text, description=text)
+    parser.add_argument("--api", help="API base URL (default: BMS_API_URL, var/stack.json, :8000)")
+    parser.set_defaults(func=_guarded(func))
+    return parser
+
+
+def _guarded(func):
+    def run(args) -> int:
+        try:
+            return func(args, ApiClient.from_args(args), Console())
+        except ApiError as exc:
+            print(f"bmsctl {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def run_submit(args, client: ApiClient, console: Console) -> int:
+    try:
+        body = read_batch_file(args.file)
+        parse_batch(body)  # the API checks it too; this names bad fields before any call
+    except SpecError as exc:
+        print(f"bmsctl submit: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    submitted = client.submit(body, args.idempotency_key)
+    console.print(f"batch {submitted['batch_id']}: {len(submitted['requests'])} request(s)")
+    if not args.watch:
+        return 0
+    final = watch(client, str(submitted["batch_id"]), console)
+    console.print(summary_table(client.batch(final["id"])))
+    return 0 if final["counts"].get("ACTIVE", 0) == final["total"] else 1
+
+
+def run_watch(args, client: ApiClient, console: Console) -> int:
+    final = watch(client, args.batch, console)
+    console.print(summary_table(final))
+    return 0
+
+
+def run_status(args, client: ApiClient, console: Console) -> int:
+    view = client.batch(args.batch) if args.batch else client.batches()
+    if args.json:
+        print(json.dumps(view, indent=2))
+    elif args.batch:
+        console.print(summary_table(view))
+    else:
+        for batch in view["items"]:
+            console.print(f"{batch['id']}  {batch['name']:<24} {counts_text(batch['counts'])}")
+    return 0
+
+
+def run_operation(args, client: ApiClient, console: Console) -> int:
+    if args.command == "retry":
+        answer = client.retry_request(args.id) if args.request else client.retry_batch(args.id)
+    else:
+        answer = client.cancel_request(args.id) if args.request else client.cancel_batch(args.id)
+    console.print_json(json.dumps(answer))
+    return 0
