@@ -139,6 +139,9 @@ class EmbeddedStack:
         if auth is not None:
             # Through the environment, never in the arguments (ps would show them).
             self.env["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
+        else:
+            # Loopback only (checked above): let local tools read Flower's JSON API too.
+            self.env["FLOWER_UNAUTHENTICATED_API"] = "true"
         child = self._spawn("flower", argv)
         _wait_http(f"http://{address}:{port}/healthcheck", child)
         self.addresses["flower"] = f"http://{address}:{port}"
@@ -158,9 +161,8 @@ class EmbeddedStack:
 
     def _write_state(self) -> None:
         state = {
-            "database_url": self.settings.database_url,
-            "redis_url": self.env["BMS_REDIS_URL"],
             "addresses": self.addresses,
+            "pids": {child.name: child.pid for child in self.children},
         }
         (self.options.directory / STATE_FILE).write_text(json.dumps(state, indent=2))
 
