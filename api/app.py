@@ -6,6 +6,7 @@ a submission or a retry sends its chain through that broker.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import batches, errors, health, server_requests
 from api.auth import require_token
 from models.db import make_engine, make_session_factory
+from worker.app import TASK_MODULES
 from worker.settings import Settings
 
 DESCRIPTION = """
@@ -25,9 +27,21 @@ the token is set. Every 422 answers `{"detail": [{"field", "message"}]}`, naming
 """
 
 
+def register_tasks() -> None:
+    """Import every task module, so that the chains this process sends use the tasks' options.
+
+    A signature of a task unknown to the process is sent as a bare ``send_task`` that expects a
+    result: the process then subscribes to a result channel per message (growing without end in
+    a long-lived API) and, with the broker down, its result consumer breaks for good.
+    """
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+
+
 def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
     """Build the API. Without ``sessions``, an engine is made from ``settings.database_url``
     and disposed of when the app shuts down."""
+    register_tasks()
     engine = None
     if sessions is None:
         engine = make_engine(settings.database_url)

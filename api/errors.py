@@ -1,19 +1,31 @@
-"""One shape for every 422: ``{"detail": [{"field": ..., "message": ...}]}``.
+"""Error answers: one shape for every 422, and a 503 when the broker cannot be reached.
 
-A batch the spec refuses and a request FastAPI cannot parse (not JSON, a malformed UUID, a
-``limit`` out of range) answer alike, each bad field named by its path.
+Every 422 is ``{"detail": [{"field": ..., "message": ...}]}``: a batch the spec refuses and a
+request FastAPI cannot parse (not JSON, a malformed UUID, a ``limit`` out of range) answer
+alike, each bad field named by its path.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from models.spec import field_path
+
+log = logging.getLogger("bms.api")
+
+#: The answer when a change was committed but its chain could not be sent.
+BROKER_DOWN = (
+    "the broker (Redis) is unreachable: the change is stored and its chain will be started by "
+    "the reconciler once the broker is back; a resubmission with the same Idempotency-Key "
+    "returns the stored batch"
+)
 
 
 class InvalidFields(Exception):
@@ -26,7 +38,7 @@ class InvalidFields(Exception):
 
 def _response(errors: Sequence[tuple[str, str]]) -> JSONResponse:
     detail = [{"field": field, "message": message} for field, message in errors]
-    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def describe(error: dict[str, Any]) -> tuple[str, str]:
@@ -35,9 +47,9 @@ def describe(error: dict[str, Any]) -> tuple[str, str]:
     message = str(error.get("msg", "invalid"))
     if error.get("type") == "json_invalid":
         # The location's second part is a character offset, not a field.
-        reason = error.get("ctx", {}).get("error", "")
+        reason = error.get("ctx", {}).get("error") or "does not parse"
         offset = location[1] if len(location) > 1 else "?"
-        return "body", f"not valid JSON: {reason} at character {offset}".replace(":  at", " at")
+        return "body", f"not valid JSON: {reason} (at character {offset})"
     if location == ("body",) and error.get("type") == "dict_type":
         # Also what a body sent without ``Content-Type: application/json`` comes to.
         return "body", "must be a JSON object (sent as Content-Type: application/json)"
@@ -54,6 +66,13 @@ async def _invalid_fields(_request: Request, exc: InvalidFields) -> JSONResponse
     return _response(exc.errors)
 
 
+async def _broker_unreachable(_request: Request, exc: BrokerUnreachable) -> JSONResponse:
+    # Chains are sent after the commit: what was asked for is stored, only its start waits.
+    log.warning("broker unreachable, chains left to the reconciler: %s", exc)
+    return JSONResponse({"detail": BROKER_DOWN}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidFields, _invalid_fields)
+    app.add_exception_handler(BrokerUnreachable, _broker_unreachable)

@@ -6,7 +6,12 @@ import uuid
 
 import pytest
 
+import tasks.plan
+from api.errors import BROKER_DOWN
+from bmsctl.processes import free_port
 from tests.factories import batch, server
+from worker.app import make_celery
+from worker.settings import Settings
 
 
 def volume(n: int) -> str:
@@ -149,3 +154,21 @@ def test_an_overlong_idempotency_key_is_refused(client, row_counts):
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["detail"]] == ["Idempotency-Key"]
     assert row_counts() == before
+
+
+def test_unreachable_broker_answers_503_and_the_batch_stays_stored(client, row_counts, monkeypatch):
+    # A Celery app whose broker nothing listens on: the chains cannot be sent.
+    dead = make_celery(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    monkeypatch.setattr(tasks.plan, "app", dead)
+    headers = {"Idempotency-Key": "while-redis-was-down"}
+
+    response = client.post("/v1/batches", json=batch(), headers=headers)
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": BROKER_DOWN}
+    assert row_counts()["server_requests"] == 1
+    # The reconciler starts it later; meanwhile the key finds the stored batch.
+    monkeypatch.undo()
+    replay = client.post("/v1/batches", json=batch(), headers=headers)
+    assert replay.status_code == 200
+    assert [r["state"] for r in replay.json()["requests"]] == ["PENDING"]
