@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import batches, errors, health, server_requests
+from api import batches, errors, health, openapi, server_requests
 from api.auth import require_token
 from models.db import make_engine, make_session_factory
 from worker.app import TASK_MODULES
@@ -66,4 +66,5 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     protected = [Depends(require_token)]
     app.include_router(batches.router, dependencies=protected)
     app.include_router(server_requests.router, dependencies=protected)
+    openapi.install(app)
     return app

@@ -42,7 +42,10 @@ EXAMPLE_BATCH = {
         "metadata": {"op_svc_userid": "8d5b8e3a2b1c4f0e9d7a6b5c4d3e2f10"},
     },
     "servers": [
-        {"name": "db-primary", "attach_volumes": [{"volume_id": "e5e5e5e5-0000-4000-8000-1"}]},
+        {
+            "name": "db-primary",
+            "attach_volumes": [{"volume_id": "e5e5e5e5-0000-4000-8000-000000000001"}],
+        },
         {"name": "web", "count": 4, "tags": ["rack-a", "web"]},
     ],
 }
