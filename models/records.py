@@ -96,6 +96,8 @@ class ServerRequest(Timestamped, Base):
     create_intent_at: Mapped[datetime | None]
     #: A failed or cancelled server to delete before anything else happens to the request.
     cleanup_server_id: Mapped[str | None] = mapped_column(String(64))
+    #: The delete job of ``cleanup_server_id``, watched to its end before the request goes on.
+    cleanup_job_id: Mapped[str | None] = mapped_column(String(64))
     #: The server's addresses, recorded when it is finalized.
     addresses: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: Fencing token: bumped whenever a chain is (re)built, so that a stale chain stops.

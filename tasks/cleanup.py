@@ -1,19 +1,25 @@
-"""Delete a failed or cancelled server before the request goes on (or for good).
+"""Delete a failed or cancelled server, and wait the deletion out, before the request goes on.
 
-Used when a create job failed (the next attempt starts clean, and no failed server is left
-billed) and when a request is cancelled after its server was made.
+Used when a create job failed (the next attempt starts once the failed server is gone, so no
+failed server is left billed) and when a request is cancelled after its server was made. A
+delete that the cloud refuses or that keeps failing is recorded on the request, not retried
+forever.
 """
 
 from __future__ import annotations
 
 import logging
 
+from sqlalchemy import func, select
+
 from bms.exceptions import CloudAPIError, NotFound
-from models.records import CloudJob, JobKind, record_note
+from bms.jobs import JobOutcome
+from models.base import utcnow
+from models.records import CloudJob, JobKind, ServerRequest, record_note
 from models.states import RequestState, Step
-from tasks.base import Next, claim, step_task
+from tasks.base import Next, Wait, claim, step_task
 from tasks.plan import next_signature
-from tasks.timing import create_backoff
+from tasks.timing import create_backoff, first_poll, next_poll
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.cleanup")
@@ -23,24 +29,68 @@ log = logging.getLogger("bms.tasks.cleanup")
 def delete_server(*, request_id: str, fence: int) -> Next | None:
     with claim(request_id, fence) as (_session, request):
         server_id = request.cleanup_server_id
-        if not server_id:
+        if not server_id or request.cleanup_job_id:
             return Next(next_signature(request))
-    job_id, problem = None, None
     try:
         job_id = runtime().client.delete_servers([server_id])
     except NotFound:
-        problem = "already gone"
+        return _finished(request_id, fence, f"server {server_id} already gone")
     except CloudAPIError as exc:
         if exc.transient:
             raise
-        # A refused delete is recorded and not retried forever; the operator sees it.
-        problem = f"delete refused: {exc.error_code} {exc.message}"
-        log.warning("%s: server %s %s", request_id, server_id, problem)
+        return _finished(request_id, fence, f"delete of {server_id} refused: {exc}")
     with claim(request_id, fence) as (session, request):
-        request.cleanup_server_id = None
-        if job_id:
-            session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.DELETE))
-        detail = f"deleted server {server_id}" + (f" ({problem})" if problem else "")
-        record_note(session, request, detail)
-        backoff = create_backoff(request.attempt) if request.state is RequestState.CREATING else 0
-        return Next(next_signature(request, countdown=backoff))
+        request.cleanup_job_id = job_id
+        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.DELETE))
+        return Next(next_signature(request, first_poll(JobKind.DELETE)))
+
+
+@step_task("bms.poll_delete_job", Step.CREATE)
+def poll_delete_job(*, request_id: str, fence: int) -> Next | None:
+    with claim(request_id, fence) as (_session, request):
+        job_id, server_id = request.cleanup_job_id, request.cleanup_server_id
+        if not job_id:
+            return Next(next_signature(request))
+    job = runtime().client.show_job(job_id)
+    with claim(request_id, fence) as (session, request):
+        cloud_job = session.get(CloudJob, job_id)
+        cloud_job.status, cloud_job.polls = job.status, cloud_job.polls + 1
+        request.updated_at = utcnow()  # progress, for the reconciler
+        if job.outcome is JobOutcome.RUNNING:
+            wait = next_poll(JobKind.DELETE, cloud_job.polls)
+        elif job.outcome is JobOutcome.DONE:
+            return _clear(session, request, f"deleted server {server_id}")
+        else:
+            failure = job.failures[0] if job.failures else None
+            cloud_job.error_code = failure.error_code if failure else job.error_code
+            return _delete_failed(session, request, server_id, cloud_job.error_code)
+    raise Wait(wait, "delete job running")
+
+
+def _delete_failed(session, request: ServerRequest, server_id: str, code: str | None) -> Next:
+    deletes = session.scalar(
+        select(func.count())
+        .select_from(CloudJob)
+        .where(CloudJob.request_id == request.id, CloudJob.kind == JobKind.DELETE)
+    )
+    if deletes < runtime().settings.max_attempts:
+        request.cleanup_job_id = None  # delete again
+        record_note(session, request, f"delete of server {server_id} failed ({code}), again")
+        return Next(next_signature(request, first_poll(JobKind.DELETE)))
+    log.error("%s: server %s could not be deleted (%s)", request.id, server_id, code)
+    request.last_error_code = code
+    request.last_error_message = f"server {server_id} could not be deleted: delete it by hand"
+    return _clear(session, request, request.last_error_message)
+
+
+def _finished(request_id: str, fence: int, detail: str) -> Next:
+    with claim(request_id, fence) as (session, request):
+        return _clear(session, request, detail)
+
+
+def _clear(session, request: ServerRequest, detail: str) -> Next:
+    request.cleanup_server_id = request.cleanup_job_id = None
+    record_note(session, request, detail)
+    # The next create attempt waits out its backoff; anything else goes on at once.
+    backoff = create_backoff(request.attempt) if request.state is RequestState.CREATING else 0
+    return Next(next_signature(request, countdown=backoff))

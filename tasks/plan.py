@@ -20,7 +20,7 @@ def next_task_name(request: ServerRequest) -> str | None:
     """The task that moves ``request`` on, or ``None`` when nothing is left to do."""
     if request.cleanup_server_id:
         # A failed or cancelled server goes before anything else happens to the request.
-        return "bms.delete_server"
+        return "bms.poll_delete_job" if request.cleanup_job_id else "bms.delete_server"
     state = request.state
     if state in (S.PENDING, S.CREATING):
         return "bms.create_server"

@@ -38,6 +38,7 @@ TASK_API_CLASSES = {
     "bms.rename_server": "update",
     "bms.finalize": "show",
     "bms.delete_server": "list",  # POST /baremetalservers/delete counts with the other v1 calls
+    "bms.poll_delete_job": "job",
 }
 
 #: Celery's ``task_routes``: senders that know only a task's name still reach the right queue.

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 2d4fd0b9ebcb
+Revision ID: 5d4a66c0e163
 Revises:
-Create Date: 2026-11-27 04:37:09.318103
+Create Date: 2026-11-27 04:53:42.705287
 
 Keep locks short and stay backward-compatible: workers of the previous release may still run.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "2d4fd0b9ebcb"
+revision: str = "5d4a66c0e163"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -97,6 +97,7 @@ def upgrade() -> None:
         sa.Column("create_marker", sa.String(length=32), nullable=True),
         sa.Column("create_intent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("cleanup_server_id", sa.String(length=64), nullable=True),
+        sa.Column("cleanup_job_id", sa.String(length=64), nullable=True),
         sa.Column("addresses", sa.JSON(), nullable=True),
         sa.Column("fence", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
