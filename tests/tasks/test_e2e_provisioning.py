@@ -26,8 +26,9 @@ def twenty_servers() -> dict:
     return {"name": "twenty", "servers": servers}
 
 
-def test_twenty_servers_end_active_with_volumes_and_tags(stack_factory):
-    stack = stack_factory()
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_twenty_servers_end_active_with_volumes_and_tags(stack_factory, backend):
+    stack = stack_factory(backend)
     stack.start_worker("all", concurrency=4)
     submitted = stack.submit(twenty_servers())
 
