@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+def app_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
-AppSettings = Annotated[Settings, Depends(get_settings)]
-Sessions = Annotated[sessionmaker[Session], Depends(get_sessions)]
+AppSettings = Annotated[Settings, Depends(app_settings)]
+Sessions = Annotated[sessionmaker[Session], Depends(app_sessions)]
