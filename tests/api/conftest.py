@@ -14,15 +14,7 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from models.records import Batch, Event, ServerRequest, VolumeAttachment
-from worker.settings import Settings
-
-TOKEN = "s3cret-token-for-tests"
-
-
-def api_settings(database_url: str, redis_url: str | None, **overrides) -> Settings:
-    # api_token is given explicitly so a BMS_API_TOKEN of the developer's shell never leaks in.
-    overrides.setdefault("api_token", None)
-    return Settings(database_url=database_url, redis_url=redis_url, **overrides)
+from tests.api.helpers import api_settings
 
 
 @pytest.fixture

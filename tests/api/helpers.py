@@ -1,4 +1,4 @@
-"""Shortcuts of the API tests: submit through the API, put a request in FAILED by hand."""
+"""Shortcuts of the API tests: their settings, a submission, a request put in FAILED by hand."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from models.db import session_scope
 from models.records import ServerRequest, transition
 from models.states import RequestState, Step
 from tests.factories import batch, server
+from worker.settings import Settings
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def api_settings(database_url: str, redis_url: str | None, **overrides) -> Settings:
+    # api_token is given explicitly so a BMS_API_TOKEN of the developer's shell never leaks in.
+    overrides.setdefault("api_token", None)
+    return Settings(database_url=database_url, redis_url=redis_url, **overrides)
 
 
 def submit(client: TestClient, *names: str, batch_name: str = "test-batch") -> dict:

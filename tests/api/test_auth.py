@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import TOKEN
+from tests.api.helpers import TOKEN
 from tests.factories import batch
 
 PROTECTED = [

@@ -6,7 +6,7 @@ import pytest
 
 from api.app import create_app
 from models.spec import parse_batch
-from tests.api.conftest import api_settings
+from tests.api.helpers import api_settings
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from models.states import RequestState
-from tests.api.conftest import TOKEN, api_settings
+from tests.api.helpers import TOKEN, api_settings
 from tests.factories import batch, server
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import uvicorn
 from api.server import ServeRefused, check_serve, is_loopback, serve
 from bmsctl.processes import free_port
 from models import migrate
-from tests.api.conftest import TOKEN, api_settings
+from tests.api.helpers import TOKEN, api_settings
 
 
 @pytest.mark.parametrize(
