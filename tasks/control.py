@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from celery import shared_task
+from kombu.exceptions import OperationalError
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -40,7 +41,8 @@ def _locked(session: Session, request_id: uuid.UUID) -> ServerRequest | None:
 def dispatch(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) -> int:
     """Start (or restart) the chain of each request; returns how many were sent.
 
-    Call it after the requests are committed: the tasks read the rows.
+    Call it after the requests are committed: the tasks read the rows. A broker that cannot
+    be reached loses nothing: the requests stay committed and the reconciler starts them later.
     """
     sent = 0
     for request_id in request_ids:
@@ -50,9 +52,14 @@ def dispatch(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) 
                 continue
             request.fence += 1
             signature = next_signature(request)
-        if signature is not None:
+        if signature is None:
+            continue
+        try:
             signature.apply_async()
-            sent += 1
+        except OperationalError as exc:
+            log.warning("broker unreachable (%s): the reconciler will start the rest", exc)
+            break
+        sent += 1
     return sent
 
 

@@ -67,5 +67,7 @@ def next_signature(request: ServerRequest, countdown: float | None = None) -> Si
     if name is None:
         return None
     kwargs = {"request_id": str(request.id), "fence": request.fence}
+    # ignore_result: a sender that does not know the task (the API, the CLI) would otherwise
+    # subscribe to a result that never comes, once per message.
     options = {"countdown": countdown} if countdown else {}
-    return app.signature(name, kwargs=kwargs, immutable=True, **options)
+    return app.signature(name, kwargs=kwargs, immutable=True, ignore_result=True, **options)

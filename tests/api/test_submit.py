@@ -7,7 +7,6 @@ import uuid
 import pytest
 
 import tasks.plan
-from api.errors import BROKER_DOWN
 from bmsctl.processes import free_port
 from tests.factories import batch, server
 from worker.app import make_celery
@@ -156,7 +155,7 @@ def test_an_overlong_idempotency_key_is_refused(client, row_counts):
     assert row_counts() == before
 
 
-def test_unreachable_broker_answers_503_and_the_batch_stays_stored(client, row_counts, monkeypatch):
+def test_unreachable_broker_still_accepts_and_keeps_the_batch(client, row_counts, monkeypatch):
     # A Celery app whose broker nothing listens on: the chains cannot be sent.
     dead = make_celery(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     monkeypatch.setattr(tasks.plan, "app", dead)
@@ -164,11 +163,11 @@ def test_unreachable_broker_answers_503_and_the_batch_stays_stored(client, row_c
 
     response = client.post("/v1/batches", json=batch(), headers=headers)
 
-    assert response.status_code == 503
-    assert response.json() == {"detail": BROKER_DOWN}
+    # Stored and acknowledged with its id: the reconciler starts it once the broker is back.
+    assert response.status_code == 202
+    assert [r["state"] for r in response.json()["requests"]] == ["PENDING"]
     assert row_counts()["server_requests"] == 1
-    # The reconciler starts it later; meanwhile the key finds the stored batch.
     monkeypatch.undo()
     replay = client.post("/v1/batches", json=batch(), headers=headers)
     assert replay.status_code == 200
-    assert [r["state"] for r in replay.json()["requests"]] == ["PENDING"]
+    assert replay.json()["batch_id"] == response.json()["batch_id"]
