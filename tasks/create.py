@@ -66,7 +66,7 @@ def create_server(*, request_id: str, fence: int) -> Next | None:
         if adopted is not None or cancelled:
             return adopted  # a cancelled request never sends a create
         _touch_intent(request_id, fence)
-    return _post_create(request_id, fence, body, marker)
+    return _post_create(request_id, fence, body, marker, new_attempt=not answer_lost)
 
 
 def _adopt_by_marker(request_id: str, fence: int, marker: str) -> Next | None:
@@ -107,15 +107,17 @@ def _touch_intent(request_id: str, fence: int) -> None:
         request.create_intent_at = utcnow()
 
 
-def _post_create(request_id: str, fence: int, body: dict, marker: str) -> Next | None:
+def _post_create(
+    request_id: str, fence: int, body: dict, marker: str, new_attempt: bool
+) -> Next | None:
     try:
         result = runtime().client.create_servers(body)
     except (NoCapacity, Throttled):
-        _clear_intent(request_id, fence)  # certainly not sent, or refused at the gateway
+        _not_sent(request_id, fence, new_attempt)  # held back by a quota, ours or the cloud's
         raise
     except CloudTransportError as exc:
         if not exc.outcome_unknown:
-            _clear_intent(request_id, fence)
+            _not_sent(request_id, fence, new_attempt)
         raise  # with the intent kept, the retry looks the marker up before any new POST
     except BadRequest as exc:
         return _refused(request_id, fence, exc)
@@ -135,9 +137,14 @@ def _post_create(request_id: str, fence: int, body: dict, marker: str) -> Next |
         return Next(next_signature(request, first_poll(JobKind.CREATE)) if owner else None)
 
 
-def _clear_intent(request_id: str, fence: int) -> None:
+def _not_sent(request_id: str, fence: int, new_attempt: bool) -> None:
+    """The create certainly did not reach the cloud: no intent, and no attempt spent on it."""
     with claim(request_id, fence) as (_session, request):
         request.create_intent_at = None
+        if new_attempt:
+            # A quota wait is not a failed attempt: the budget is for what the cloud did.
+            request.attempt -= 1
+            request.create_marker = None
 
 
 def _refused(request_id: str, fence: int, exc: BadRequest) -> Next | None:

@@ -148,8 +148,10 @@ def test_four_workers_share_the_create_quota_without_a_429(stack_factory):
         stack.start_worker(f"w{index}", concurrency=2, BMS_RATE_LIMITS=quota)
     submitted = stack.submit(batch_of(100, "quota", volumes=False))
 
-    stack.wait_until_finished(submitted.batch_id, timeout=180)
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=180)
 
+    # Waiting for quota is not a failed attempt: every server took exactly one create.
+    assert [r.attempt for r in requests] == [1] * 100
     counters = stack.simulator.control.counters()["create"]
     assert counters["throttled"] == 0
     assert counters["calls"] == 100
