@@ -1,0 +1,1 @@
+"""On-demand benchmarks (not part of the test suite); figures go into ``bench/RESULTS.md``."""

