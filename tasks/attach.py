@@ -7,12 +7,13 @@ ours: the attachment is then recorded as done instead of failed.
 
 from __future__ import annotations
 
-from bms.exceptions import BadRequest, Conflict
+from bms.exceptions import BadRequest, CloudTransportError, Conflict, Throttled
 from models.records import AttachmentState, CloudJob, JobKind, transition
 from models.states import RequestState, Step
 from tasks.base import Next, Wait, claim, fail, step_task
 from tasks.plan import next_signature
 from tasks.timing import first_poll
+from worker.limiter import NoCapacity
 from worker.runtime import runtime
 
 S = RequestState
@@ -32,6 +33,13 @@ def attach_volume(*, request_id: str, fence: int) -> Next | None:
     client = runtime().client
     try:
         job_id = client.attach_volume(server_id, volume_id, device)
+    except (NoCapacity, Throttled):
+        _not_sent(request_id, fence, position)
+        raise
+    except CloudTransportError as exc:
+        if not exc.outcome_unknown:
+            _not_sent(request_id, fence, position)
+        raise
     except (BadRequest, Conflict) as exc:
         attached = {a.get("volumeId") for a in client.list_volume_attachments(server_id)}
         return _refused(request_id, fence, position, volume_id in attached, exc)
@@ -44,6 +52,12 @@ def attach_volume(*, request_id: str, fence: int) -> Next | None:
         session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH))
         owner = request.fence == fence
         return Next(next_signature(request, first_poll(JobKind.ATTACH)) if owner else None)
+
+
+def _not_sent(request_id: str, fence: int, position: int) -> None:
+    """The attach never reached the cloud (a quota said wait): it spends no attempt."""
+    with claim(request_id, fence) as (_session, request):
+        request.attachments[position].attempt -= 1
 
 
 def _refused(request_id: str, fence: int, position: int, ours: bool, exc) -> Next:

@@ -168,3 +168,16 @@ def test_four_workers_share_the_create_quota_without_a_429(stack_factory):
         for first in itertools.islice(started, None)
     )
     assert busiest <= 22
+
+
+def test_attach_quota_waits_spend_no_attach_attempt(stack_factory):
+    quota = "attach=2/second"
+    stack = stack_factory(quotas=quota, job_seconds=(0.0, 0.1))
+    stack.start_worker("all", concurrency=4, BMS_RATE_LIMITS=quota)
+    submitted = stack.submit(batch_of(8, "attachq"))
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=120)
+
+    assert [r.state for r in requests] == [S.ACTIVE] * 8
+    assert [a.attempt for r in requests for a in r.attachments] == [1] * 8
+    assert stack.simulator.control.counters()["attach"]["throttled"] == 0
