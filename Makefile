@@ -30,8 +30,10 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# On demand, never in `make test`: figures go to bench/RESULTS.md with the command and machine.
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python bench/bench_simulator.py --requests 20000 --threads 8
+	$(BIN)/python -m bench.bench_limiter --servers 500
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
