@@ -48,14 +48,15 @@ ALLOWED_TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     S.ATTACHING: frozenset({S.TAGGING, S.FAILED, S.CANCELLED}),
     S.TAGGING: frozenset({S.ACTIVE, S.FAILED, S.CANCELLED}),
     S.ACTIVE: frozenset(),
-    S.FAILED: frozenset({S.CREATING, S.ATTACHING, S.TAGGING}),
+    S.FAILED: frozenset({S.CREATING, S.BUILDING, S.ATTACHING, S.TAGGING}),
     S.CANCELLED: frozenset(),
 }
 
 #: Where a retry of a FAILED request resumes, by the step that failed.
 RESUME_STATE: dict[Step, RequestState] = {
     Step.CREATE: S.CREATING,
-    Step.POLL_CREATE: S.CREATING,
+    # The create job is known and may have finished: look at it again rather than create.
+    Step.POLL_CREATE: S.BUILDING,
     Step.ATTACH: S.ATTACHING,
     Step.TAG: S.TAGGING,
     Step.RENAME: S.TAGGING,

@@ -115,7 +115,7 @@ def retry(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) -> 
             request = _locked(session, request_id)
             if request is None or request.state is not S.FAILED or request.failed_step is None:
                 continue
-            resume_state = RESUME_STATE[request.failed_step]
+            resume_state = _resume_state(request)
             _reset_for_retry(request, resume_state)
             transition(
                 session, request, resume_state, detail=f"retry from {request.failed_step.value}"
@@ -124,6 +124,13 @@ def retry(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) -> 
             resumed.append(request.id)
     dispatch(sessions, resumed)
     return resumed
+
+
+def _resume_state(request: ServerRequest) -> RequestState:
+    resume_state = RESUME_STATE[request.failed_step]
+    if resume_state is S.BUILDING and not (request.job_id or request.server_id):
+        return S.CREATING  # nothing in the cloud to look at: create again
+    return resume_state
 
 
 def _reset_for_retry(request: ServerRequest, resume_state: RequestState) -> None:

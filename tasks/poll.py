@@ -63,14 +63,14 @@ def poll_create_job(*, request_id: str, fence: int) -> Next | None:
             wait = _still_running(cloud_job)
             if wait is None:
                 failure = _CreateFailure(job.server_ids, TIMEOUT_CODE, "create job timed out")
-                return _create_failed(session, request, failure, Step.POLL_CREATE)
+                return _create_failed(session, request, failure)
         elif job.outcome is JobOutcome.DONE:
             return _create_done(session, request, job.server_ids[0])
         else:
             first = job.failures[0]
             reason = first.fail_reason or f"create job {job_id} failed"
             failure = _CreateFailure(job.server_ids, first.error_code, reason)
-            return _create_failed(session, request, failure, Step.CREATE)
+            return _create_failed(session, request, failure)
     raise Wait(wait, "create job running")
 
 
@@ -89,11 +89,11 @@ def wait_server_built(*, request_id: str, fence: int) -> Next | None:
         if status in ("ERROR", "DELETED"):
             fault = server.get("fault") or {}
             failure = _CreateFailure([server_id], "BMS.3004", fault.get("message") or status)
-            return _create_failed(session, request, failure, Step.CREATE)
+            return _create_failed(session, request, failure)
         age = utcnow() - as_utc(since)
         if age > timedelta(seconds=DEADLINES[JobKind.CREATE]):
             failure = _CreateFailure([server_id], TIMEOUT_CODE, "server never became ACTIVE")
-            return _create_failed(session, request, failure, Step.POLL_CREATE)
+            return _create_failed(session, request, failure)
     raise Wait(first_poll(JobKind.CREATE), "server building")
 
 
@@ -117,7 +117,7 @@ def _create_done(session, request: ServerRequest, server_id: str) -> Next:
     return Next(next_signature(request))
 
 
-def _create_failed(session, request: ServerRequest, failure: _CreateFailure, step: Step) -> Next:
+def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> Next:
     request.job_id = None
     request.server_id = None
     request.create_marker = None
@@ -132,7 +132,7 @@ def _create_failed(session, request: ServerRequest, failure: _CreateFailure, ste
             session, request, S.CREATING, detail=f"attempt {request.attempt}: {failure.code}"
         )
         return Next(next_signature(request, countdown=create_backoff(request.attempt)))
-    fail(session, request, step, failure.code, failure.reason)
+    fail(session, request, Step.CREATE, failure.code, failure.reason)
     return Next(next_signature(request))
 
 
