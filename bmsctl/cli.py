@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from worker.settings import SettingsError
+
 #: Modules of this package that register a sub-command, in ``--help`` order.
 COMMAND_MODULES = ("up", "demo", "operate", "db", "sim")
 
@@ -26,8 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worker.settings import SettingsError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

@@ -7,6 +7,7 @@ database (``var/demo``, fresh each time) unless ``BMS_DATABASE_URL`` says otherw
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -59,8 +60,6 @@ def _demo_settings(directory: Path):
     """A fresh database in the demo's directory; quick polls for the quick simulated jobs."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    import os
-
     overrides = {"delay_scale": 0.2, "create_lookup_grace_seconds": 5}
     if not os.environ.get("BMS_DATABASE_URL"):
         overrides["database_url"] = f"sqlite:///{directory.resolve() / 'demo.db'}"
