@@ -51,7 +51,13 @@ def poll_delete_job(*, request_id: str, fence: int) -> Next | None:
         job_id, server_id = request.cleanup_job_id, request.cleanup_server_id
         if not job_id:
             return Next(next_signature(request))
-    job = runtime().client.show_job(job_id)
+    try:
+        job = runtime().client.show_job(job_id)
+    except CloudAPIError as exc:
+        if exc.transient:
+            raise
+        # The cloud no longer answers for this job (gone, refused): say so, do not loop.
+        return _finished(request_id, fence, f"delete job {job_id} of {server_id} unreadable: {exc}")
     with claim(request_id, fence) as (session, request):
         cloud_job = session.get(CloudJob, job_id)
         cloud_job.status, cloud_job.polls = job.status, cloud_job.polls + 1
