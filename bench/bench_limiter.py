@@ -45,7 +45,14 @@ import redis
 from limits import RateLimitItem, parse
 
 from bench import counters
-from bmsctl.processes import ManagedProcess, start_redis, worker_argv
+from bmsctl.processes import (
+    QUICK_JOBS_ENV,
+    ManagedProcess,
+    child_env,
+    cloud_env,
+    start_redis,
+    worker_argv,
+)
 from simulator import SimulatorConfig, SimulatorServer
 from worker.settings import API_CLASSES, DEFAULT_RATE_LIMITS, parse_rate_limits
 
@@ -54,12 +61,6 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Global limiter vs Celery rate_limit"
 #: What "lifted" means for our limiter in the Celery variant.
 LIFTED = "100000/second"
-#: Worker settings that make the simulator's instant jobs quick to follow (as the e2e tests).
-FAST_WORKER_ENV = {
-    "BMS_DELAY_SCALE": "0.05",
-    "BMS_CREATE_LOOKUP_GRACE_SECONDS": "2",
-    "BMS_RECONCILE_AFTER_SECONDS": "600",
-}
 CELERY_PERIODS = {1: "s", 60: "m", 3600: "h"}
 #: A subnet added for the benchmark: the catalog's /24 ones run out of addresses near 245
 #: servers, and the creates after that fail with BMS.3005.
@@ -150,21 +151,14 @@ def start_simulator(quotas: str, fail_share: float) -> tuple[SimulatorServer, li
 
 
 def worker_env(sim: SimulatorServer, database_url: str, redis_url: str, limits: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BMS_")}
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return (
-        env
-        | FAST_WORKER_ENV
-        | {
-            "PYTHONPATH": pythonpath,  # bench.worker_probe must import from any cwd
-            "BMS_DATABASE_URL": database_url,
-            "BMS_REDIS_URL": redis_url,
-            "BMS_ENDPOINT": sim.base_url,
-            "BMS_PROJECT_ID": sim.project_id,
-            "BMS_AK": sim.ak,
-            "BMS_SK": sim.sk,
-            "BMS_RATE_LIMITS": limits,
-        }
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return child_env(
+        **QUICK_JOBS_ENV,
+        **cloud_env(sim.base_url, sim.project_id, sim.ak, sim.sk),
+        PYTHONPATH=pythonpath,  # bench.worker_probe must import from any cwd
+        BMS_DATABASE_URL=database_url,
+        BMS_REDIS_URL=redis_url,
+        BMS_RATE_LIMITS=limits,
     )
 
 

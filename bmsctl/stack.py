@@ -8,9 +8,7 @@ Children get their settings through the environment (secrets included, never in 
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,16 @@ from pathlib import Path
 import requests
 from celery import Celery
 
-from bmsctl.processes import ManagedProcess, beat_argv, free_port, start_redis, worker_argv
+from api.server import is_loopback
+from bmsctl.processes import (
+    ManagedProcess,
+    beat_argv,
+    child_env,
+    cloud_env,
+    free_port,
+    start_redis,
+    worker_argv,
+)
 from models import migrate
 from simulator.config import DEFAULT_AK, DEFAULT_SK, SimulatorConfig
 from worker.queues import ALL_QUEUES, CONTROL_QUEUE
@@ -112,12 +119,7 @@ class EmbeddedStack:
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(f"{base_url}/_sim/config", child)
         self.addresses["cloud"] = f"{base_url} (simulator)"
-        self.env.update(
-            BMS_ENDPOINT=base_url,
-            BMS_PROJECT_ID=SimulatorConfig.project_id,
-            BMS_AK=DEFAULT_AK,
-            BMS_SK=DEFAULT_SK,
-        )
+        self.env.update(cloud_env(base_url, SimulatorConfig.project_id, DEFAULT_AK, DEFAULT_SK))
 
     def _start_workers(self) -> None:
         concurrency = self.options.worker_concurrency
@@ -130,7 +132,7 @@ class EmbeddedStack:
     def _start_flower(self) -> None:
         address, port = self.settings.flower_address, self._port(self.options.flower_port, 5555)
         auth = self.settings.flower_basic_auth
-        if auth is None and not _is_loopback(address):
+        if auth is None and not is_loopback(address):
             raise StackError("Flower off loopback needs BMS_FLOWER_BASIC_AUTH (user:password)")
         argv = [
             sys.executable, "-m", "celery", "-A", "worker.app", "flower",
@@ -169,21 +171,13 @@ class EmbeddedStack:
 
 def _child_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a child: ours, the settings as ``BMS_*`` variables, and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BMS_")}
+    as_variables = {}
     for name, value in settings.model_dump().items():
         if value is None:
             continue
         raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"BMS_{name.upper()}"] = str(raw)
-    env.update(extra)
-    return env
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        as_variables[f"BMS_{name.upper()}"] = str(raw)
+    return child_env(**as_variables, **extra)
 
 
 def _wait_http(url: str, child: ManagedProcess, timeout: float = 30.0) -> None:
