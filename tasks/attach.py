@@ -11,6 +11,7 @@ from bms.exceptions import BadRequest, CloudTransportError, Conflict, Throttled
 from models.records import AttachmentState, CloudJob, JobKind, transition
 from models.states import RequestState, Step
 from tasks.base import Next, Wait, claim, fail, step_task
+from tasks.errors import is_retryable
 from tasks.plan import next_signature
 from tasks.timing import first_poll
 from worker.limiter import NoCapacity
@@ -71,8 +72,13 @@ def _refused(request_id: str, fence: int, position: int, ours: bool, exc) -> Nex
             return Next(next_signature(request))
         message = f"volume {attachment.volume_id}: {exc.message or exc}"
         request.last_error_code, request.last_error_message = exc.error_code, message
-        if attachment.attempt < runtime().settings.max_attempts:
-            # An earlier attach of ours may still be running (the volume is not listed yet).
+        # A permanent refusal of a first attach (BMS.0103 the volume is in use) is someone
+        # else's volume: no retry changes that. After a lost answer an earlier attach of ours
+        # may still be running (the volume is not listed yet): look again later.
+        ours_may_run = attachment.attempt > 1
+        if attachment.attempt < runtime().settings.max_attempts and (
+            ours_may_run or exc.transient or is_retryable(exc.error_code, from_job=False)
+        ):
             wait = first_poll(JobKind.ATTACH)
         else:
             attachment.state = AttachmentState.FAILED
