@@ -61,6 +61,9 @@ class RequestRow(RequestRef):
     attempt: int
     failed_step: Step | None
     server_id: str | None
+    #: Why it FAILED (or the last error it recovered from): the cloud's code and message.
+    last_error_code: str | None = None
+    last_error_message: str | None = None
     updated_at: UtcDatetime
 
 

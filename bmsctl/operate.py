@@ -1,5 +1,9 @@
-"""``bmsctl submit | watch | status | retry | cancel``: work with a running orchestrator
-through its REST API (see ``bmsctl.apiclient`` for how it is found)."""
+"""``bmsctl submit | watch | status | show | retry | cancel``: work with a running orchestrator
+through its REST API (see ``bmsctl.apiclient`` for how it is found).
+
+Whatever the API hands back is printed through ``bmsctl.render`` (no markup, no raw control
+characters); piped or redirected, the output is plain lines.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ from pathlib import Path
 from rich.console import Console
 
 from bmsctl.apiclient import ApiClient, ApiError
-from bmsctl.watching import counts_text, summary_table, watch
-from models.spec import SpecError, parse_batch, read_batch_file
+from bmsctl.batchfile import BatchFileError, load_batch
+from bmsctl.render import batch_list_lines, clean, emit, print_batch, request_lines
+from bmsctl.watching import watch
+from models.canonical import canonical_body
+from models.spec import SpecError
 
 
 def register(subparsers) -> None:
@@ -26,6 +33,10 @@ def register(subparsers) -> None:
     status = _command(subparsers, "status", "batches, or one batch's requests", run_status)
     status.add_argument("batch", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    show = _command(subparsers, "show", "one request: state, error, volumes, timeline", run_show)
+    show.add_argument("request", help="a request id (as listed by status BATCH --json)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, verb in (("retry", "retry FAILED requests"), ("cancel", "cancel requests")):
         command = _command(subparsers, name, f"{verb} of a batch, or one request", run_operation)
@@ -45,7 +56,7 @@ def _guarded(func):
         try:
             return func(args, ApiClient.from_args(args), Console())
         except ApiError as exc:
-            print(f"bmsctl {args.command}: {exc}", file=sys.stderr)
+            print(f"bmsctl {args.command}: {clean(exc)}", file=sys.stderr)
             return 1
 
     return run
@@ -53,23 +64,32 @@ def _guarded(func):
 
 def run_submit(args, client: ApiClient, console: Console) -> int:
     try:
-        body = read_batch_file(args.file)
-        parse_batch(body)  # the API checks it too; this names bad fields before any call
-    except SpecError as exc:
-        print(f"bmsctl submit: {args.file}: {exc}", file=sys.stderr)
+        spec = load_batch(args.file)
+    except BatchFileError as exc:
+        print(f"bmsctl submit: {clean(args.file)}: {clean(exc)}", file=sys.stderr)
         return 2
-    submitted = client.submit(body, args.idempotency_key)
-    console.print(f"batch {submitted['batch_id']}: {len(submitted['requests'])} request(s)")
+    except SpecError as exc:
+        # The API checks it too; this names bad fields before any call.
+        print(f"bmsctl submit: {clean(args.file)}: {clean_lines(exc)}", file=sys.stderr)
+        return 2
+    # The validated batch, not the file: aliases, dates or comments of YAML never travel.
+    submitted = client.submit(canonical_body(spec), args.idempotency_key)
+    emit(console, f"batch {submitted['batch_id']}: {len(submitted['requests'])} request(s)")
     if not args.watch:
         return 0
     final = watch(client, str(submitted["batch_id"]), console)
-    console.print(summary_table(client.batch(final["id"])))
+    print_batch(console, client.batch(final["id"]))
     return 0 if final["counts"].get("ACTIVE", 0) == final["total"] else 1
+
+
+def clean_lines(exc: Exception) -> str:
+    """A multi-line message with each line made safe (the newlines kept)."""
+    return "\n".join(clean(line) for line in str(exc).splitlines())
 
 
 def run_watch(args, client: ApiClient, console: Console) -> int:
     final = watch(client, args.batch, console)
-    console.print(summary_table(final))
+    print_batch(console, client.batch(final["id"]))
     return 0
 
 
@@ -78,10 +98,20 @@ def run_status(args, client: ApiClient, console: Console) -> int:
     if args.json:
         print(json.dumps(view, indent=2))
     elif args.batch:
-        console.print(summary_table(view))
+        print_batch(console, view)
     else:
-        for batch in view["items"]:
-            console.print(f"{batch['id']}  {batch['name']:<24} {counts_text(batch['counts'])}")
+        for line in batch_list_lines(view):
+            emit(console, line)
+    return 0
+
+
+def run_show(args, client: ApiClient, console: Console) -> int:
+    view = client.request(args.request)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        for line in request_lines(view):
+            emit(console, line)
     return 0
 
 
@@ -90,5 +120,5 @@ def run_operation(args, client: ApiClient, console: Console) -> int:
         answer = client.retry_request(args.id) if args.request else client.retry_batch(args.id)
     else:
         answer = client.cancel_request(args.id) if args.request else client.cancel_batch(args.id)
-    console.print_json(json.dumps(answer))
+    print(json.dumps(answer, indent=2))
     return 0
