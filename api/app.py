@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import batches, errors, health, openapi, server_requests
+from api import batches, errors, health, metrics, openapi, server_requests, webhooks
 from api.auth import require_token
 from models.db import make_engine, make_session_factory
 from worker.app import TASK_MODULES
@@ -61,10 +61,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     )
     app.state.settings = settings
     app.state.sessions = sessions
+    app.state.collector = metrics.OrchestratorCollector(settings, sessions)
+    app.state.collector.add_sql_families(webhooks.metric_families)
+    app.state.metrics = metrics.make_registry(app.state.collector)
     errors.install(app)
     app.include_router(health.router)
     protected = [Depends(require_token)]
     app.include_router(batches.router, dependencies=protected)
     app.include_router(server_requests.router, dependencies=protected)
+    app.include_router(webhooks.router, dependencies=protected)
+    app.include_router(metrics.router, dependencies=protected)
     openapi.install(app)
     return app

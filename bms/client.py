@@ -22,7 +22,7 @@ from requests.auth import AuthBase
 
 from bms.jobs import Job
 from bms.nova import NovaClient
-from bms.transport import BeforeCall, Transport, json_body, require, unexpected
+from bms.transport import BeforeCall, OnResponse, Transport, json_body, require, unexpected
 
 BatchAction = Literal["os-start", "os-stop", "reboot"]
 _BATCH_ACTIONS = ("os-start", "os-stop", "reboot")
@@ -62,6 +62,8 @@ class BmsClient:
         client's own GET retries; may block or raise to hold the call back.
     :param get_retries: extra attempts of a GET after a connection error or a 5xx.
     :param retry_backoff: seconds before the first GET retry, doubled for each next one.
+    :param on_response: told of each HTTP exchange's API class and status (``None``: no
+        answer) once it is over, e.g. to count calls per outcome.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class BmsClient:
         before_call: BeforeCall | None = None,
         get_retries: int = 2,
         retry_backoff: float = 0.2,
+        on_response: OnResponse | None = None,
     ) -> None:
         self.project_id = project_id
         common = {
@@ -82,6 +85,7 @@ class BmsClient:
             "before_call": before_call,
             "get_retries": get_retries,
             "retry_backoff": retry_backoff,
+            "on_response": on_response,
         }
         self._v1 = Transport(endpoint, auth, **common)
         # One session per endpoint family; the native API is a family of its own even when it

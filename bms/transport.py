@@ -45,10 +45,17 @@ _TRANSPORT_FAILURES = (
 #: The gate: called with the API class before each HTTP request; it may raise to hold the call
 #: back, and may return a callable that the transport calls once the exchange is over.
 BeforeCall = Callable[[str], Callable[[], None] | None]
+#: Told of every HTTP exchange once it is over: the API class and the answer's status, or
+#: ``None`` when no answer came (a timeout, a dropped connection). For counting calls.
+OnResponse = Callable[[str, int | None], None]
 
 
 def _no_gate(api_class: str) -> None:
     """The default gate: let every call through."""
+
+
+def _no_observer(api_class: str, status: int | None) -> None:
+    """The default observer: count nothing."""
 
 
 class Transport:
@@ -61,6 +68,7 @@ class Transport:
     :param headers: extra default headers of this family (``Connection: close`` for /v2.1).
     :param get_retries: extra attempts for a GET after a connection error or a 5xx.
     :param retry_backoff: seconds before the first GET retry; doubled for each next one.
+    :param on_response: told of each exchange's API class and status once it is over.
     """
 
     def __init__(
@@ -73,8 +81,10 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         get_retries: int = 2,
         retry_backoff: float = 0.2,
+        on_response: OnResponse | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.on_response = on_response or _no_observer
         self.timeout = timeout
         self.before_call = before_call or _no_gate
         self.get_retries = get_retries
@@ -143,6 +153,7 @@ class Transport:
         # A TokenAuth re-send after a 401 is a second HTTP call: let it pass the same gate.
         gate_token = auth_module.before_resend.set(lambda: self.before_call(api_class))
         started = time.monotonic()
+        response = None
         try:
             # No redirects: the cloud APIs do not redirect, and following one would turn a POST
             # into a GET and send the credentials to another host.
@@ -162,6 +173,7 @@ class Transport:
             auth_module.before_resend.reset(gate_token)
             if after_call is not None:
                 after_call()
+            self.on_response(api_class, response.status_code if response is not None else None)
         logger.debug(
             "%s %s -> %s request_id=%s %.0fms",
             method,

@@ -29,12 +29,12 @@ from bmsctl.processes import (
 )
 from models import migrate
 from simulator.config import DEFAULT_AK, DEFAULT_SK, SimulatorConfig
-from worker.queues import ALL_QUEUES, CONTROL_QUEUE
+from worker.queues import ALL_QUEUES, CONTROL_QUEUE, WEBHOOK_QUEUE
 from worker.settings import Settings
 
 #: Where ``up`` records the addresses of a running stack, for the other commands (no secrets).
 STATE_FILE = "stack.json"
-CLOUD_QUEUES = [q for q in ALL_QUEUES if q != CONTROL_QUEUE]
+CLOUD_QUEUES = [q for q in ALL_QUEUES if q not in (CONTROL_QUEUE, WEBHOOK_QUEUE)]
 
 
 class StackError(RuntimeError):
@@ -125,9 +125,12 @@ class EmbeddedStack:
         concurrency = self.options.worker_concurrency
         self._spawn("worker-cloud", worker_argv("cloud", CLOUD_QUEUES, concurrency))
         self._spawn("worker-control", worker_argv("control", [CONTROL_QUEUE], 1))
+        # Webhooks on workers of their own: a slow receiver never holds a provisioning slot.
+        self._spawn("worker-webhook", worker_argv("webhook", [WEBHOOK_QUEUE], 2))
         self._spawn("beat", beat_argv(self.options.directory / "beat-schedule"))
-        _wait_for_workers(self.env["BMS_REDIS_URL"], {"cloud", "control"}, self.children)
-        self.addresses["workers"] = f"cloud (x{concurrency}), control; beat"
+        names = {"cloud", "control", "webhook"}
+        _wait_for_workers(self.env["BMS_REDIS_URL"], names, self.children)
+        self.addresses["workers"] = f"cloud (x{concurrency}), control, webhook (x2); beat"
 
     def _start_flower(self) -> None:
         address, port = self.settings.flower_address, self._port(self.options.flower_port, 5555)

@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -309,12 +310,42 @@ class ServerSpec(SpecModel):
         return body
 
 
+class NotifySpec(SpecModel):
+    """Where to POST the batch's events: ``{url, secret?, request_events?}``."""
+
+    url: str = Field(min_length=1, max_length=2048)
+    #: HMAC-SHA256 key of ``X-BMS-Signature``; stored, never returned or logged.
+    secret: str | None = Field(default=None, min_length=16, max_length=256)
+    #: Also POST ``request.finished`` for each request that reaches a final state.
+    request_events: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if any(ch.isspace() or ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain spaces or control characters")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        if not parts.hostname:
+            raise ValueError("must name a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials: the receiver checks notify.secret")
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+
 class BatchSpec(SpecModel):
-    """A batch file: a name, optional defaults merged into each server, the servers."""
+    """A batch file: a name, optional defaults merged into each server, the servers, and
+    optionally where to send its webhooks."""
 
     name: str = Field(min_length=1, max_length=64)
     defaults: dict[str, Any] | None = None
     servers: list[ServerSpec] = Field(min_length=1, max_length=1000)
+    notify: NotifySpec | None = None
 
     @model_validator(mode="before")
     @classmethod

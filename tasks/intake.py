@@ -25,6 +25,7 @@ from models.records import (
     record_creation,
 )
 from models.spec import BatchSpec, SpecError, parse_batch
+from models.webhooks import WebhookTarget
 from tasks.control import dispatch
 from worker.runtime import runtime
 
@@ -58,6 +59,15 @@ def store_batch(
     batch = Batch(name=spec.name, source=source, idempotency_key=idempotency_key)
     session.add(batch)
     session.flush()  # the batch id, for the requests
+    if spec.notify is not None:
+        session.add(
+            WebhookTarget(
+                batch_id=batch.id,
+                url=spec.notify.url,
+                secret=spec.notify.secret,
+                request_events=spec.notify.request_events,
+            )
+        )
     requests = []
     for position, server in enumerate(spec.expand()):
         request = ServerRequest(
@@ -97,12 +107,20 @@ def submit(
 
 
 @shared_task(name="bms.submit_batch", ignore_result=False, acks_late=True)
-def submit_batch(batch: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+def submit_batch(
+    batch: dict[str, Any],
+    idempotency_key: str | None = None,
+    notify: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Intake for systems that reach only the broker: the JSON of ``POST /v1/batches``.
 
+    ``notify`` (``{url, secret?, request_events?}``) is the batch's ``notify``, given apart; a
+    sender that passes a secret should also pass ``kwargsrepr`` so that Flower does not show it.
     Returns ``{"batch_id", "request_ids", "created"}``, or ``{"errors": [[field, message]]}``
     when the batch does not validate (nothing is stored then).
     """
+    if notify is not None and isinstance(batch, dict):
+        batch = {**batch, "notify": notify}
     try:
         spec = parse_batch(batch)
     except SpecError as exc:

@@ -14,6 +14,7 @@ if not os.environ.get("BMS_REDIS_URL"):
 
 pytest_plugins = [
     "tests.fixtures.database",
+    "tests.fixtures.receiver",
     "tests.fixtures.simulator",
     "tests.fixtures.stack",
 ]

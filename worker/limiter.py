@@ -17,9 +17,12 @@ come from Redis's clock, one clock for every machine, and a small margin absorbs
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 from limits import RateLimitItem
+
+from worker.metrics import MetricsRecorder
 
 #: Namespace of the limiter's keys, so that two deployments can share one Redis.
 KEY_PREFIX = "bms:limit"
@@ -67,6 +70,16 @@ return 0
 )
 
 
+@dataclass(frozen=True)
+class Usage:
+    """An API class now: calls in its window, the quota, the window, the 429 pause left."""
+
+    used: int
+    limit: int
+    window_seconds: float
+    paused_seconds: float
+
+
 class NoCapacity(Exception):
     """The API class has no capacity now; retry after ``wait_seconds``."""
 
@@ -83,6 +96,7 @@ class GlobalLimiter:
         self, redis_url: str, limits: dict[str, RateLimitItem], margin: float = DEFAULT_MARGIN
     ) -> None:
         self._redis = redis.Redis.from_url(redis_url)
+        self._metrics = MetricsRecorder(self._redis)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._complete = self._redis.register_script(_COMPLETE)
         self._windows = {api_class: _window(item, margin) for api_class, item in limits.items()}
@@ -97,7 +111,9 @@ class GlobalLimiter:
         keys = [window_key, _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
         answer = self._acquire(keys=keys, args=[limit, window_ms, margin_ms])
         if answer[0]:
-            raise NoCapacity(api_class, int(answer[0]) / 1000)
+            wait = int(answer[0]) / 1000
+            self._metrics.limiter_wait(api_class, wait)
+            raise NoCapacity(api_class, wait)
         entry, span = answer[1], window_ms + margin_ms
 
         def completed() -> None:
@@ -110,6 +126,25 @@ class GlobalLimiter:
         wait = seconds if seconds and seconds > 0 else DEFAULT_BACKOFF_SECONDS
         # NX: the first 429 sets the pause; a burst of them does not keep extending it.
         self._redis.set(_backoff_key(api_class), b"1", px=int(wait * 1000), nx=True)
+
+    def usage(self) -> dict[str, Usage]:
+        """Each API class's calls in its current window, its quota, and any 429 pause left."""
+        classes = list(self._windows)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        for api_class in classes:
+            pipe.zrange(f"{KEY_PREFIX}:{api_class}", 0, -1, withscores=True)
+            pipe.pttl(_backoff_key(api_class))
+        answers = pipe.execute()
+        seconds, micros = answers[0]
+        now_ms = seconds * 1000 + micros // 1000
+        usage = {}
+        for index, api_class in enumerate(classes):
+            limit, window_ms, margin_ms = self._windows[api_class]
+            entries, pause_ms = answers[1 + 2 * index], answers[2 + 2 * index]
+            used = sum(1 for _entry, stamp in entries if stamp > now_ms - window_ms - margin_ms)
+            usage[api_class] = Usage(used, limit, window_ms / 1000, max(pause_ms, 0) / 1000)
+        return usage
 
     def clear(self) -> None:
         """Forget every window and back-off (tests and benchmarks)."""

@@ -1,4 +1,5 @@
-"""Queues: one per cloud API class, plus ``bms.control`` for dispatch and the reconciler.
+"""Queues: one per cloud API class, ``bms.control`` for dispatch and the reconciler, and
+``bms.webhook`` for webhook deliveries.
 
 A queue per class isolates the classes (a backlog of creates never delays job polls); the
 quota itself is enforced by the global limiter, not by the queue.
@@ -11,6 +12,8 @@ from kombu import Queue
 from worker.settings import API_CLASSES
 
 CONTROL_QUEUE = "bms.control"
+#: Webhook deliveries, consumed by workers of their own: a slow receiver never holds a step.
+WEBHOOK_QUEUE = "bms.webhook"
 
 
 def queue_of(api_class: str) -> str:
@@ -20,7 +23,7 @@ def queue_of(api_class: str) -> str:
     return f"bms.{api_class}"
 
 
-ALL_QUEUES = tuple(queue_of(c) for c in API_CLASSES) + (CONTROL_QUEUE,)
+ALL_QUEUES = tuple(queue_of(c) for c in API_CLASSES) + (CONTROL_QUEUE, WEBHOOK_QUEUE)
 
 
 def declare_queues() -> tuple[Queue, ...]:
@@ -45,4 +48,6 @@ TASK_API_CLASSES = {
 TASK_ROUTES = {name: {"queue": queue_of(api)} for name, api in TASK_API_CLASSES.items()} | {
     "bms.reconcile": {"queue": CONTROL_QUEUE},
     "bms.submit_batch": {"queue": CONTROL_QUEUE},
+    "bms.deliver_webhook": {"queue": WEBHOOK_QUEUE},
+    "bms.webhook_scan": {"queue": WEBHOOK_QUEUE},
 }

@@ -15,6 +15,7 @@ from bms.auth import AkSkAuth, TokenAuth
 from bms.client import BmsClient
 from models.db import make_engine, make_session_factory
 from worker.limiter import GlobalLimiter
+from worker.metrics import MetricsRecorder
 from worker.settings import Settings, get_settings
 
 
@@ -24,10 +25,15 @@ class Runtime:
     sessions: sessionmaker[Session]
     limiter: GlobalLimiter
     client: BmsClient
+    #: Counters for the API's /metrics; None: not counted.
+    metrics: MetricsRecorder | None = None
 
 
-def build_client(settings: Settings, limiter: GlobalLimiter | None) -> BmsClient:
-    """The cloud client for the settings; every call first spends the limiter's quota."""
+def build_client(
+    settings: Settings, limiter: GlobalLimiter | None, metrics: MetricsRecorder | None = None
+) -> BmsClient:
+    """The cloud client for the settings; every call first spends the limiter's quota, and is
+    counted by API class and outcome when ``metrics`` is given."""
     if not settings.endpoint or not settings.project_id:
         raise RuntimeError("BMS_ENDPOINT and BMS_PROJECT_ID must be set to reach a cloud")
     return BmsClient(
@@ -36,6 +42,7 @@ def build_client(settings: Settings, limiter: GlobalLimiter | None) -> BmsClient
         _auth(settings),
         ecs_endpoint=settings.ecs_endpoint,
         before_call=limiter.acquire if limiter else None,
+        on_response=metrics.call if metrics else None,
     )
 
 
@@ -57,11 +64,13 @@ def _auth(settings: Settings):
 
 def build_runtime(settings: Settings) -> Runtime:
     limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items)
+    metrics = MetricsRecorder.from_url(settings.redis_url)
     return Runtime(
         settings=settings,
         sessions=make_session_factory(make_engine(settings.database_url)),
         limiter=limiter,
-        client=build_client(settings, limiter),
+        client=build_client(settings, limiter, metrics),
+        metrics=metrics,
     )
 
 

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     #: After a create whose answer was lost, how long a marker lookup that finds nothing is
     #: trusted less than the chance that the server is not listed yet.
     create_lookup_grace_seconds: float = Field(default=60.0, ge=0)
+    #: How often beat looks for batches that completed (their webhooks) and lost deliveries.
+    webhook_scan_seconds: float = Field(default=5.0, gt=0)
     #: Multiplies every poll and retry delay (tests and the demo, with quick simulated jobs,
     #: use < 1).
     delay_scale: float = Field(default=1.0, gt=0)

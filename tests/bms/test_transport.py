@@ -277,3 +277,18 @@ def test_configuration_mistakes_are_not_disguised_as_transient_errors():
     client = BmsClient("nohttp://x", PROJECT, AkSkAuth(AK, SK))
     with client, pytest.raises(requests.exceptions.InvalidSchema):
         client.show_server("s-1")
+
+
+def test_every_exchange_is_reported_with_its_class_and_status(serve):
+    server = serve(
+        Reply(drop=True),
+        Reply(503, {"error_code": "APIGW.0201", "error_msg": "busy"}),
+        Reply(200, SERVER),
+        Reply(429, {"error_code": "APIGW.0308", "error_msg": "slow down"}),
+    )
+    seen: list[tuple[str, int | None]] = []
+    with _client(server, [], on_response=lambda c, s: seen.append((c, s))) as client:
+        assert client.show_server("s-1")["id"] == "s-1"  # dropped, 503, then 200
+        with pytest.raises(Throttled):
+            client.show_job("job-1")
+    assert seen == [("show", None), ("show", 503), ("show", 200), ("job", 429)]

@@ -109,7 +109,7 @@ def test_submit_status_watch_and_flower_against_a_running_stack(running_stack):
     flower = state["addresses"]["flower"]
     http = requests.Session()
     workers = http.get(f"{flower}/api/workers", timeout=10).json()
-    assert {name.split("@")[0] for name in workers} == {"cloud", "control"}
+    assert {name.split("@")[0] for name in workers} == {"cloud", "control", "webhook"}
     tasks = http.get(f"{flower}/api/tasks", timeout=10).json()
     names = {task["name"] for task in tasks.values()}
     assert {"bms.create_server", "bms.poll_create_job", "bms.attach_volume"} <= names

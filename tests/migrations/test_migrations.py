@@ -10,7 +10,15 @@ from models import migrate
 from models.db import make_engine
 from models.records import Base
 
-TABLES = {"batches", "server_requests", "volume_attachments", "cloud_jobs", "events"}
+TABLES = {
+    "batches",
+    "server_requests",
+    "volume_attachments",
+    "cloud_jobs",
+    "events",
+    "webhook_targets",
+    "webhook_deliveries",
+}
 
 
 def _tables(engine) -> set[str]:

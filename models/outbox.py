@@ -1,0 +1,90 @@
+"""A request's final transition adds its ``request.finished`` webhook delivery, in the same
+transaction.
+
+One place sees every transition: the ``Event`` row that :func:`models.records.transition`
+adds. A session listener looks at the events about to be flushed; for each one that enters a
+final state (ACTIVE, FAILED, CANCELLED) of a batch whose ``notify`` asked for request events,
+it adds a :class:`~models.webhooks.WebhookDelivery`. So the delivery exists exactly when the
+transition committed, whichever process made it, and no step carries a hook of its own.
+
+The ids of the new deliveries are left in ``session.info[NEW_DELIVERIES]``; the tasks layer
+(``tasks/webhooks.py``) sends their messages after the commit. Where it is not loaded, the
+webhook scan sends them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.records import Event, ServerRequest
+from models.states import TERMINAL_STATES
+from models.webhooks import WebhookDelivery, WebhookEvent, WebhookTarget
+
+#: ``session.info`` key: ids of deliveries added in the current transaction.
+NEW_DELIVERIES = "bms_new_webhook_deliveries"
+
+
+def request_payload(delivery_id: uuid.UUID, request: ServerRequest) -> dict:
+    """The body of a ``request.finished`` event: the request as it ends, no secret."""
+    return {
+        "id": str(delivery_id),
+        "type": WebhookEvent.REQUEST_FINISHED.value,
+        "created_at": utcnow().isoformat(),
+        "batch_id": str(request.batch_id),
+        "request": {
+            "id": str(request.id),
+            "name": request.name,
+            "position": request.position,
+            "state": request.state.value,
+            "server_id": request.server_id,
+            "failed_step": request.failed_step.value if request.failed_step else None,
+            "error_code": request.last_error_code,
+            "error_message": request.last_error_message,
+        },
+    }
+
+
+def _finishing_events(session: Session) -> list[Event]:
+    return [
+        obj
+        for obj in session.new
+        if isinstance(obj, Event)
+        and obj.to_state in TERMINAL_STATES
+        and obj.from_state is not None
+        and obj.from_state != obj.to_state
+    ]
+
+
+@event.listens_for(Session, "before_flush")
+def _add_request_deliveries(session: Session, _context, _instances) -> None:
+    events = _finishing_events(session)
+    if not events:
+        return
+    targets: dict[uuid.UUID, WebhookTarget | None] = {}
+    with session.no_autoflush:
+        for finished in events:
+            request = session.get(ServerRequest, finished.request_id)
+            if request is None:
+                continue
+            if request.batch_id not in targets:
+                targets[request.batch_id] = session.get(WebhookTarget, request.batch_id)
+            target = targets[request.batch_id]
+            if target is None or not target.request_events:
+                continue
+            delivery_id = uuid.uuid4()
+            session.add(
+                WebhookDelivery(
+                    id=delivery_id,
+                    batch_id=request.batch_id,
+                    request_id=request.id,
+                    event=WebhookEvent.REQUEST_FINISHED,
+                    dedupe_key=f"{WebhookEvent.REQUEST_FINISHED.value}:{delivery_id}",
+                    payload=request_payload(delivery_id, request),
+                    next_attempt_at=utcnow(),
+                )
+            )
+            session.info.setdefault(NEW_DELIVERIES, []).append(delivery_id)
