@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from simulator import iam, introspect, nova, nova_tags, v1
+from simulator import iam, introspect, nova, nova_tags, resources, v1
 from simulator.auth import Authenticator, AuthFailure
 from simulator.clock import SystemClock
 from simulator.config import SimulatorConfig
@@ -18,7 +18,7 @@ from simulator.state import CloudState
 from simulator.wire import ApiError, DropConnection, Request, Response, gateway_error
 
 #: Route tables in match order; ``/_sim/`` and IAM are outside quotas, faults and counters.
-CLOUD_TABLES = (v1.routes, nova.routes, nova_tags.routes)
+CLOUD_TABLES = (v1.routes, nova.routes, nova_tags.routes, resources.routes)
 
 
 class CloudApp:

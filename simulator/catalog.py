@@ -12,9 +12,12 @@ subnets (in that VPC)      ``c1d0e0f0-0000-4000-8000-0000000000b1`` (192.168.1.0
 key pair                   ``demo-key``
 EVS volumes                200 ``available`` 100 GB SSD disks,
                            ``e5e5e5e5-0000-4000-8000-000000000001`` … ``…000000000200``
+account limits             100000 servers, 6400000 cores, 40000000000 MB of RAM
 =========================  ===============================================================
 
-``/_sim/`` adds flavors, images, subnets and volumes at run time.
+Every flavor is ``normal`` (on sale) in every zone and every image is an ``active`` bare
+metal (``Ironic``) image. ``/_sim/`` adds flavors, images, subnets and volumes at run time and
+changes flavor, volume and limit settings.
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ DEMO_PUBLIC_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmsSimulatorDemoKeyNotARealKey0000000000000 demo-key"
 )
 DEFAULT_VOLUME_COUNT = 200
+#: Flavor states that are on sale (``cond:operation:status`` of the reference, section 9);
+#: ``sellout`` is listed but not sold, ``abandon`` is not even listed.
+ON_SALE = ("normal", "obt", "promotion")
+FLAVOR_STATES = (*ON_SALE, "sellout", "abandon")
+#: The account's limits (``GET .../limits``); high enough not to get in a benchmark's way.
+DEFAULT_LIMITS = {
+    "maxTotalInstances": 100_000,
+    "maxTotalCores": 6_400_000,
+    "maxTotalRAMSize": 40_000_000_000,
+}
 
 
 def volume_id(number: int) -> str:
@@ -46,6 +59,8 @@ class Subnet:
     cidr: str
     vpc_id: str = DEFAULT_VPC_ID
     used: set[str] = field(default_factory=set)
+    #: ``ACTIVE``, ``UNKNOWN`` or ``ERROR`` (VPC API).
+    status: str = "ACTIVE"
 
     def contains(self, address: str) -> bool:
         try:
@@ -83,6 +98,8 @@ class Volume:
     status: str = "available"
     server_id: str | None = None
     device: str | None = None
+    #: Shareable: may attach while ``in-use``.
+    multiattach: bool = False
 
     def to_api(self) -> dict:
         return {
@@ -93,6 +110,7 @@ class Volume:
             "status": self.status,
             "server_id": self.server_id,
             "device": self.device,
+            "multiattach": self.multiattach,
         }
 
 
@@ -121,8 +139,48 @@ def flavor(flavor_id: str, vcpus: int, ram_mb: int, disk_gb: int, arch: str = "x
     }
 
 
-def image(image_id: str, name: str, os_type: str = "Linux") -> dict:
-    return {"id": image_id, "name": name, "os_type": os_type, "os_bit": "64"}
+def flavor_status(item: dict, zone: str) -> str:
+    """A flavor's state in ``zone``: its ``cond:operation:az`` entry for the zone, else its
+    ``cond:operation:status``, else ``normal`` (reference section 9; SDK ``OsExtraSpecs``)."""
+    specs = item.get("os_extra_specs", {})
+    return zone_states(specs).get(zone, specs.get("cond:operation:status") or "normal")
+
+
+def zone_states(specs: dict) -> dict[str, str]:
+    """``"az0(normal), az1(sellout)"`` -> ``{"az0": "normal", "az1": "sellout"}``."""
+    states = {}
+    for part in (specs.get("cond:operation:az") or "").split(","):
+        zone, _, rest = part.strip().partition("(")
+        if zone and rest.endswith(")"):
+            states[zone] = rest[:-1]
+    return states
+
+
+def set_flavor_states(item: dict, status: str | None, per_zone: dict[str, str]) -> None:
+    """Change a flavor's overall state and/or its state in some zones."""
+    specs = item["os_extra_specs"]
+    if status is not None:
+        specs["cond:operation:status"] = status
+    if per_zone:
+        merged = {**zone_states(specs), **per_zone}
+        specs["cond:operation:az"] = ", ".join(f"{z}({s})" for z, s in merged.items())
+
+
+def image(
+    image_id: str,
+    name: str,
+    os_type: str = "Linux",
+    status: str = "active",
+    virtual_env_type: str = "Ironic",
+) -> dict:
+    return {
+        "id": image_id,
+        "name": name,
+        "os_type": os_type,
+        "os_bit": "64",
+        "status": status,
+        "virtual_env_type": virtual_env_type,
+    }
 
 
 @dataclass
@@ -136,6 +194,8 @@ class Catalog:
     subnets: dict[str, Subnet] = field(default_factory=dict)
     keypairs: dict[str, dict] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
+    #: ``maxTotalInstances``, ``maxTotalCores``, ``maxTotalRAMSize`` of ``GET .../limits``.
+    limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
     def add_volume(self, volume: Volume) -> None:
         self.volumes[volume.id] = volume

@@ -56,11 +56,28 @@ def _add_cloud_options(group) -> None:
         help="per-class quotas, e.g. 'create=50/minute;show=1000/minute'; "
         "classes left out keep the seed's table",
     )
+    for flag, key in LIMIT_OPTIONS.items():
+        group.add_argument(
+            flag,
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"account limit {key} (default {catalog.DEFAULT_LIMITS[key]})",
+        )
+
+
+#: Options of the account's limits (``GET .../limits``), by the limit they set.
+LIMIT_OPTIONS = {
+    "--max-instances": "maxTotalInstances",
+    "--max-cores": "maxTotalCores",
+    "--max-ram-mb": "maxTotalRAMSize",
+}
 
 
 #: Fault options that take a share between 0 and 1.
 SHARE_OPTIONS = (
     "create_fail_share",
+    "count_fail_share",
     "attach_fail_share",
     "http_500_share",
     "http_503_share",
@@ -154,6 +171,7 @@ def iam_user(text: str) -> IamUser:
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     faults = FaultSettings(
         create_fail_share=args.create_fail_share,
+        count_fail_share=args.count_fail_share,
         attach_fail_share=args.attach_fail_share,
         http_500_share=args.http_500_share,
         http_503_share=args.http_503_share,
@@ -171,6 +189,11 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         quotas=args.quota,
         faults=faults,
         fail_create_codes=[c.strip() for c in args.fail_create_codes.split(",") if c.strip()],
+        limits={
+            key: getattr(args, flag[2:].replace("-", "_"))
+            for flag, key in LIMIT_OPTIONS.items()
+            if getattr(args, flag[2:].replace("-", "_")) is not None
+        },
     )
     if args.credential:
         config.credentials = list(args.credential)

@@ -20,6 +20,9 @@ class FaultSettings:
     """Which share of calls and jobs go wrong, and how; every decision comes from ``seed``."""
 
     create_fail_share: float = 0.0
+    #: In each create with ``count`` > 1, this share of its sub_jobs fails (rounded, at
+    #: least one when the share is not 0), the failed ones drawn from the seed.
+    count_fail_share: float = 0.0
     attach_fail_share: float = 0.0
     http_500_share: float = 0.0
     http_503_share: float = 0.0
@@ -72,6 +75,9 @@ class SimulatorConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)
     #: Codes a failed create sub_job carries, picked in turn by the fault generator.
     fail_create_codes: list[str] = field(default_factory=lambda: ["BMS.3037", "BMS.3004"])
+    #: Account limits that replace the default ones (``maxTotalInstances``, ``maxTotalCores``,
+    #: ``maxTotalRAMSize``), restored by ``/_sim/reset``.
+    limits: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def build(cls, **options) -> SimulatorConfig:

@@ -63,12 +63,29 @@ class SimulatorControl:
         body = {"id": flavor_id, "vcpus": vcpus, "ram": ram, "disk": disk}
         return self._call("POST", "flavors", body)["flavor"]
 
-    def add_image(self, image_id: str, name: str) -> dict:
-        return self._call("POST", "images", {"id": image_id, "name": name})["image"]
+    def add_image(self, image_id: str, name: str, **fields) -> dict:
+        """Add an image; ``status`` and ``virtual_env_type`` may be given."""
+        return self._call("POST", "images", {"id": image_id, "name": name, **fields})["image"]
 
-    def add_subnet(self, subnet_id: str, cidr: str, vpc_id: str | None = None) -> dict:
-        body = {"id": subnet_id, "cidr": cidr, **({"vpc_id": vpc_id} if vpc_id else {})}
+    def add_subnet(self, subnet_id: str, cidr: str, vpc_id: str | None = None, **fields) -> dict:
+        """Add a subnet (and its VPC if new); ``status`` may be given."""
+        body = {"id": subnet_id, "cidr": cidr, **({"vpc_id": vpc_id} if vpc_id else {}), **fields}
         return self._call("POST", "subnets", body)["subnet"]
+
+    def set_flavor(self, flavor_id: str, **states) -> dict:
+        """``status="sellout"`` and/or ``az_status={"cn-north-4b": "abandon"}``."""
+        return self._call("PUT", f"flavors/{flavor_id}", states)["flavor"]
+
+    def set_volume(self, volume_id: str, **fields) -> dict:
+        """``status="in-use"`` and/or ``multiattach=True``."""
+        return self._call("PUT", f"volumes/{volume_id}", fields)["volume"]
+
+    def limits(self) -> dict[str, int]:
+        return self._call("GET", "limits")["limits"]
+
+    def set_limits(self, **limits: int) -> dict[str, int]:
+        """``maxTotalInstances``, ``maxTotalCores``, ``maxTotalRAMSize`` (any subset)."""
+        return self._call("PUT", "limits", limits)["limits"]
 
     def config(self) -> dict:
         return self._call("GET", "config")

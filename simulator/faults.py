@@ -62,6 +62,22 @@ class FaultInjector:
         with self._lock:
             if self._jobs.random() >= self.settings.create_fail_share:
                 return None
+        return self.pick_create_code()
+
+    def count_failures(self, count: int) -> set[int]:
+        """Which sub_jobs (0-based) of a create of ``count`` servers fail by
+        ``count_fail_share``: none for a single server, else that share of them, rounded, at
+        least one."""
+        with self._lock:
+            share = self.settings.count_fail_share
+            if count < 2 or share <= 0:
+                return set()
+            failed = min(count, max(1, round(share * count)))
+            return set(self._jobs.sample(range(count), failed))
+
+    def pick_create_code(self) -> tuple[str, str]:
+        """The next (code, reason) of a failed create sub_job, in turn."""
+        with self._lock:
             code = self.fail_create_codes[self._create_turn % len(self.fail_create_codes)]
             self._create_turn += 1
         return code, FAIL_REASONS.get(code, "The bare metal server could not be created.")

@@ -80,6 +80,7 @@ class CloudState:
     def reset(self) -> None:
         with self.lock:
             self.catalog: Catalog = default_catalog()
+            self.catalog.limits.update(self.config.limits)
             self.servers: dict[str, Server] = {}
             self.jobs: dict[str, Job] = {}
             self.schedule = Schedule(self.clock)
@@ -163,8 +164,11 @@ class CloudState:
         returns (Nova answers with the new id).
         """
         steps = []
-        for name in names:
+        count_failures = self.faults.count_failures(len(names))
+        for index, name in enumerate(names):
             failure = self.faults.create_failure()
+            if index in count_failures:
+                failure = self.faults.pick_create_code()
             code, reason = failure or (None, None)
             step = Step(
                 begin=self._create_beginner(template, name, nics),

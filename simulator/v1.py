@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from simulator.catalog import Volume
+from simulator.catalog import ON_SALE, Volume, flavor_status
 from simulator.routing import RouteTable
 from simulator.state import BAREMETAL_TAG, CloudState, Server
 from simulator.views import (
@@ -61,6 +61,7 @@ def create_servers(state: CloudState, request: Request) -> Response:
     count = _count(spec.get("count", 1))
     check_name(spec.get("name"), 63 if count == 1 else 58)
     _check_catalog(state, spec)
+    _check_limits(state, spec["flavorRef"], count)
     nics = _nics(state, spec, count)
     _check_login(state, spec)
     metadata = _metadata(spec)
@@ -96,6 +97,48 @@ def _check_catalog(state: CloudState, spec: dict) -> None:
         raise bms_error("BMS.0022", f"Invalid availability_zone {spec.get('availability_zone')}.")
     if not known(spec.get("vpcid"), catalog.vpcs):
         raise bms_error("BMS.0246", f"The VPC {spec.get('vpcid')} does not exist.")
+    zone = spec["availability_zone"]
+    if flavor_status(catalog.flavors[spec["flavorRef"]], zone) not in ON_SALE:
+        message = f"Flavor parameter is illegal, reason: {spec['flavorRef']} is not sold in {zone}."
+        raise bms_error("BMS.0021", message)
+
+
+#: What a create that exceeds the account's limits answers, by the limits it exceeds
+#: (instances, cores, RAM); reference section 12 and the OTC error code table.
+LIMIT_CODES = {
+    (True, False, False): "BMS.0025",
+    (False, True, False): "BMS.0026",
+    (False, False, True): "BMS.0027",
+    (True, True, False): "BMS.0028",
+    (True, False, True): "BMS.0029",
+    (False, True, True): "BMS.0030",
+    (True, True, True): "BMS.0031",
+}
+
+
+def _check_limits(state: CloudState, flavor_id: str, count: int) -> None:
+    """The new servers must fit in the account's servers, cores and RAM left."""
+    flavor = state.catalog.flavors[flavor_id]
+    used = _usage(state)
+    limits = state.catalog.limits
+    exceeded = (
+        used["instances"] + count > limits["maxTotalInstances"],
+        used["cores"] + count * int(flavor["vcpus"]) > limits["maxTotalCores"],
+        used["ram"] + count * int(flavor["ram"]) > limits["maxTotalRAMSize"],
+    )
+    if any(exceeded):
+        raise bms_error(LIMIT_CODES[exceeded], "The quota of the account is exceeded.")
+
+
+def _usage(state: CloudState) -> dict[str, int]:
+    """Servers, cores and RAM (MB) the live servers take."""
+    live = state.live_servers()
+    flavors = state.catalog.flavors
+    return {
+        "instances": len(live),
+        "cores": sum(int(flavors[s.flavor_id]["vcpus"]) for s in live if s.flavor_id in flavors),
+        "ram": sum(int(flavors[s.flavor_id]["ram"]) for s in live if s.flavor_id in flavors),
+    }
 
 
 def _charging(extendparam: object) -> tuple[bool, bool]:
@@ -235,18 +278,25 @@ def _int_param(text: str, low: int, high: int) -> int:
 
 @routes.add("GET", B + "/flavors", "list")
 def list_flavors(state: CloudState, request: Request) -> Response:
-    return Response(200, {"flavors": list(state.catalog.flavors.values())})
+    """Every flavor; with ``availability_zone``, those listed there (not ``abandon``ed in it;
+    none for an unknown zone), each with its ``cond:operation:*`` states."""
+    flavors = list(state.catalog.flavors.values())
+    zone = request.query.get("availability_zone")
+    if zone:
+        if zone not in state.catalog.availability_zones:
+            flavors = []
+        flavors = [f for f in flavors if flavor_status(f, zone) != "abandon"]
+    return Response(200, {"flavors": flavors})
 
 
 @routes.add("GET", B + "/limits", "list")
 def show_limits(state: CloudState, request: Request) -> Response:
-    live = state.live_servers()
-    cores = sum(int(state.catalog.flavors[s.flavor_id]["vcpus"]) for s in live)
-    ram = sum(int(state.catalog.flavors[s.flavor_id]["ram"]) for s in live)
+    used = _usage(state)
+    limits = state.catalog.limits
     absolute = {
-        "maxTotalInstances": 1000,
-        "maxTotalCores": 64000,
-        "maxTotalRAMSize": 512000000,
+        "maxTotalInstances": limits["maxTotalInstances"],
+        "maxTotalCores": limits["maxTotalCores"],
+        "maxTotalRAMSize": limits["maxTotalRAMSize"],
         "maxTotalKeypairs": 100,
         "maxImageMeta": 128,
         "maxPersonality": 5,
@@ -257,9 +307,9 @@ def show_limits(state: CloudState, request: Request) -> Response:
         "maxServerGroups": 10,
         "maxServerMeta": 128,
         "maxTotalFloatingIps": 10,
-        "totalCoresUsed": cores,
-        "totalInstancesUsed": len(live),
-        "totalRAMUsed": ram,
+        "totalCoresUsed": used["cores"],
+        "totalInstancesUsed": used["instances"],
+        "totalRAMUsed": used["ram"],
         "totalFloatingIpsUsed": 0,
         "totalSecurityGroupsUsed": 1,
         "totalServerGroupsUsed": 0,

@@ -46,8 +46,26 @@ def test_bmsctl_sim_options_build_the_config():
     assert config.auth is False
 
 
+def test_count_failures_and_account_limits_are_options():
+    args = build_parser().parse_args(
+        ["sim", "--count-fail-share", "0.25", "--max-instances", "40", "--max-ram-mb", "9000"]
+    )
+
+    config = config_from_args(args)
+
+    assert config.faults.count_fail_share == 0.25
+    assert config.limits == {"maxTotalInstances": 40, "maxTotalRAMSize": 9000}
+
+
 @pytest.mark.parametrize(
-    "option", [["--job-seconds", "3-1"], ["--quota", "create=lots"], ["--drop-share", "2"]]
+    "option",
+    [
+        ["--job-seconds", "3-1"],
+        ["--quota", "create=lots"],
+        ["--drop-share", "2"],
+        ["--count-fail-share", "-0.1"],
+        ["--max-cores", "many"],
+    ],
 )
 def test_bad_options_are_refused(option):
     with pytest.raises(SystemExit):

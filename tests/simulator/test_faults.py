@@ -106,3 +106,34 @@ def test_latency_delays_cloud_calls_but_not_introspection(simulator_factory):
 
     assert cloud >= 0.15
     assert introspection.elapsed.total_seconds() < 0.15
+
+
+@pytest.mark.parametrize(("count", "share", "failed"), [(10, 0.3, 3), (4, 0.1, 1), (5, 1.0, 5)])
+def test_a_count_fail_share_fails_that_share_of_a_count_create(
+    simulator_factory, count, share, failed
+):
+    simulator = simulator_factory(auth=False, count_fail_share=share, seed=3)
+    v1 = V1(simulator)
+
+    job = v1.job(v1.create(name="group", count=count).json()["job_id"])
+
+    statuses = [sub["status"] for sub in job["entities"]["sub_jobs"]]
+    assert statuses.count("FAIL") == failed
+    assert statuses.count("SUCCESS") == count - failed
+    assert job["status"] == "FAIL"  # a partly failed create job fails at the top
+    built = [s for s in simulator.control.servers() if s["status"] == "ACTIVE"]
+    assert len(built) == count - failed
+    assert all(s["name"].startswith("group-") for s in built)
+
+
+def test_a_count_fail_share_spares_single_creates_and_repeats_with_its_seed(simulator_factory):
+    def failed_positions(seed: int) -> list[int]:
+        simulator = simulator_factory(auth=False, count_fail_share=0.5, seed=seed)
+        v1 = V1(simulator)
+        assert v1.job(v1.create(name="solo").json()["job_id"])["status"] == "SUCCESS"
+        job = v1.job(v1.create(name="group", count=8).json()["job_id"])
+        subs = job["entities"]["sub_jobs"]
+        return [i for i, sub in enumerate(subs) if sub["status"] == "FAIL"]
+
+    assert failed_positions(5) == failed_positions(5)
+    assert len(failed_positions(5)) == 4

@@ -15,12 +15,14 @@ from huaweicloudsdkbms.v1 import (
     CreateServers,
     DetachBaremetalServerVolumeRequest,
     ExtendParam,
+    ListBaremetalFlavorDetailExtendsRequest,
     ListBareMetalServerDetailsRequest,
     ListBareMetalServersRequest,
     MetaDataInfo,
     Nics,
     ShowBaremetalServerVolumeInfoRequest,
     ShowJobInfosRequest,
+    ShowTenantQuotaRequest,
     VolumeAttachment,
 )
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
@@ -127,3 +129,21 @@ def test_the_official_client_sees_a_wrong_secret_key_refused(simulator):
     assert raised.value.error_code == "APIGW.0301"
     assert len(raised.value.request_id) == 32
     assert simulator.control.servers() == []
+
+
+def test_the_official_client_reads_flavors_per_zone_and_the_limits(simulator):
+    simulator.control.set_flavor("physical.h2.large", az_status={"cn-north-4b": "sellout"})
+    simulator.control.set_limits(maxTotalInstances=40)
+    client = bms_client(simulator)
+
+    flavors = client.list_baremetal_flavor_detail_extends(
+        ListBaremetalFlavorDetailExtendsRequest(availability_zone="cn-north-4b")
+    ).flavors
+    quota = client.show_tenant_quota(ShowTenantQuotaRequest()).absolute
+
+    large = next(f for f in flavors if f.id == "physical.h2.large")
+    assert large.vcpus == "64"
+    assert large.os_extra_specs.condoperationaz == "cn-north-4b(sellout)"
+    assert large.os_extra_specs.resource_type == "ironic"
+    assert (quota.max_total_instances, quota.total_instances_used) == (40, 0)
+    assert quota.max_total_cores == 6_400_000
