@@ -9,6 +9,7 @@ Modules, one job each:
   timeout, error mapping, GET-only retries, DEBUG logging).
 * :mod:`bms.client`: ``BmsClient``, the BMS v1 methods; ``client.nova`` holds the v2.1 ones.
 * :mod:`bms.nova`: ``NovaClient``, the native v2.1 methods.
+* :mod:`bms.resources`: ``ResourceClient``, the IMS, VPC and EVS reads (``client.resources``).
 * :mod:`bms.jobs`: ``Job`` / ``SubJob`` / ``JobOutcome``, typed asynchronous job results.
 
 Typical use::

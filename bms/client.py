@@ -22,6 +22,7 @@ from requests.auth import AuthBase
 
 from bms.jobs import Job
 from bms.nova import NovaClient
+from bms.resources import ResourceClient, sibling_endpoint
 from bms.transport import BeforeCall, OnResponse, Transport, json_body, require, unexpected
 
 BatchAction = Literal["os-start", "os-stop", "reboot"]
@@ -57,6 +58,9 @@ class BmsClient:
     :param auth: an :class:`~bms.auth.AkSkAuth` or :class:`~bms.auth.TokenAuth`.
     :param ecs_endpoint: base URL of the native v2.1 API (the ECS endpoint); ``endpoint`` when
         omitted (the simulator serves both).
+    :param ims_endpoint: base URL of IMS (images); when omitted, ``endpoint`` with its ``bms.``
+        host prefix turned into ``ims.`` (or ``endpoint`` itself if it has none). Likewise
+        ``vpc_endpoint`` (VPC) and ``evs_endpoint`` (EVS disks): see :attr:`resources`.
     :param timeout: ``(connect, read)`` seconds, on every call.
     :param before_call: called with the API class before every HTTP request, including the
         client's own GET retries; may block or raise to hold the call back.
@@ -73,6 +77,9 @@ class BmsClient:
         auth: AuthBase,
         *,
         ecs_endpoint: str | None = None,
+        ims_endpoint: str | None = None,
+        vpc_endpoint: str | None = None,
+        evs_endpoint: str | None = None,
         timeout: tuple[float, float] = (3.05, 30.0),
         before_call: BeforeCall | None = None,
         get_retries: int = 2,
@@ -95,6 +102,13 @@ class BmsClient:
         )
         #: The OpenStack native v2.1 calls (API class ``nova``).
         self.nova = NovaClient(native, project_id)
+        given = {"ims": ims_endpoint, "vpc": vpc_endpoint, "evs": evs_endpoint}
+        services = {
+            name: Transport(url or sibling_endpoint(endpoint, name), auth, **common)
+            for name, url in given.items()
+        }
+        #: The IMS, VPC and EVS reads (API class ``list``).
+        self.resources = ResourceClient(**services, project_id=project_id)
         self._servers = f"/v1/{_seg(project_id)}/baremetalservers"
 
     def __repr__(self) -> str:
@@ -104,6 +118,7 @@ class BmsClient:
         """Close both sessions."""
         self._v1.close()
         self.nova.close()
+        self.resources.close()
 
     def __enter__(self) -> BmsClient:
         return self
@@ -187,6 +202,36 @@ class BmsClient:
             json={"server": {"name": name}},
         )
         return require(response, json_body(response), "server")
+
+    # --- catalog and limits ----------------------------------------------------------------
+
+    def list_flavors(self, availability_zone: str | None = None) -> list[dict]:
+        """Bare metal flavors: ``GET .../baremetalservers/flavors[?availability_zone=]``.
+
+        API class ``list``. Retried on connection errors and 5xx.
+
+        :param availability_zone: only the flavors listed in that zone; each flavor's state
+            there is in ``os_extra_specs`` (``cond:operation:az``, else ``cond:operation:status``).
+        :returns: the ``flavors``.
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the retries).
+        """
+        params = {"availability_zone": availability_zone} if availability_zone else None
+        response = self._v1.request("list", "GET", f"{self._servers}/flavors", params=params)
+        return require(response, json_body(response), "flavors")
+
+    def show_limits(self) -> dict:
+        """The account's quotas and use: ``GET .../baremetalservers/limits``.
+
+        API class ``list``. Retried on connection errors and 5xx.
+
+        :returns: the ``absolute`` object (``maxTotalInstances``, ``totalInstancesUsed``,
+            ``maxTotalCores``, ``totalCoresUsed``, ``maxTotalRAMSize``, ``totalRAMUsed``, ...).
+        :raises CloudAPIError: an error answer.
+        :raises CloudTransportError: no answer (after the retries).
+        """
+        response = self._v1.request("list", "GET", f"{self._servers}/limits")
+        return require(response, json_body(response), "absolute")
 
     # --- volumes ---------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ IN_FLIGHT_STATES = frozenset({S.PENDING, S.CREATING, S.BUILDING, S.ATTACHING, S.
 #: from-state -> the states it may go to. Cancel is allowed from every unfinished state; a
 #: FAILED request is retried into the state of the step that failed.
 ALLOWED_TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
-    S.PENDING: frozenset({S.CREATING, S.CANCELLED}),
+    # PENDING -> FAILED: the preflight refused the batch before any create.
+    S.PENDING: frozenset({S.CREATING, S.FAILED, S.CANCELLED}),
     S.CREATING: frozenset({S.BUILDING, S.FAILED, S.CANCELLED}),
     S.BUILDING: frozenset({S.CREATING, S.ATTACHING, S.TAGGING, S.FAILED, S.CANCELLED}),
     S.ATTACHING: frozenset({S.TAGGING, S.FAILED, S.CANCELLED}),

@@ -1,4 +1,4 @@
-"""Intake: store a validated batch as requests, then start their chains.
+"""Intake: store a validated batch as requests, then start it (preflight, then their chains).
 
 Shared by the REST API, the command line and the ``bms.submit_batch`` task, so that a batch is
 stored the same way whichever door it came through: all of it or nothing, and once per
@@ -26,7 +26,7 @@ from models.records import (
 )
 from models.spec import BatchSpec, SpecError, parse_batch
 from models.webhooks import WebhookTarget
-from tasks.control import dispatch
+from tasks.preflight import send_start
 from worker.runtime import runtime
 
 
@@ -91,7 +91,8 @@ def submit(
     source: BatchSource,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Store the batch in one transaction, then dispatch its requests."""
+    """Store the batch in one transaction, then start it: ``bms.start_batch`` runs its
+    preflight and dispatches its requests."""
     try:
         with session_scope(sessions) as session:
             submitted = store_batch(session, spec, source, idempotency_key)
@@ -102,7 +103,7 @@ def submit(
         if submitted is None:
             raise
     if submitted.created:
-        dispatch(sessions, submitted.request_ids)
+        send_start(submitted.batch_id)
     return submitted
 
 

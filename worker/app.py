@@ -30,6 +30,7 @@ TASK_MODULES = [
     "tasks.control",
     "tasks.intake",
     "tasks.webhooks",
+    "tasks.preflight",
 ]
 
 

@@ -50,4 +50,5 @@ TASK_ROUTES = {name: {"queue": queue_of(api)} for name, api in TASK_API_CLASSES.
     "bms.submit_batch": {"queue": CONTROL_QUEUE},
     "bms.deliver_webhook": {"queue": WEBHOOK_QUEUE},
     "bms.webhook_scan": {"queue": WEBHOOK_QUEUE},
+    "bms.start_batch": {"queue": CONTROL_QUEUE},
 }

@@ -41,6 +41,9 @@ def build_client(
         settings.project_id,
         _auth(settings),
         ecs_endpoint=settings.ecs_endpoint,
+        ims_endpoint=settings.ims_endpoint,
+        vpc_endpoint=settings.vpc_endpoint,
+        evs_endpoint=settings.evs_endpoint,
         before_call=limiter.acquire if limiter else None,
         on_response=metrics.call if metrics else None,
     )

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     ecs_endpoint: str | None = None
     #: IAM base URL for tokens; defaults to ``endpoint``.
     iam_endpoint: str | None = None
+    #: IMS, VPC and EVS base URLs (the preflight's reads); by default ``endpoint`` with its
+    #: ``bms.`` host prefix replaced (``https://vpc.cn-north-4.myhuaweicloud.com``).
+    ims_endpoint: str | None = None
+    vpc_endpoint: str | None = None
+    evs_endpoint: str | None = None
     project_id: str | None = None
 
     ak: SecretStr | None = None
@@ -73,6 +78,8 @@ class Settings(BaseSettings):
 
     rate_limits: str = DEFAULT_RATE_LIMITS
     max_attempts: int = Field(default=3, ge=1, le=20)
+    #: Most servers one ``count`` create may make (the API allows 100; some regions' docs 24).
+    create_group_max: int = Field(default=100, ge=1, le=100)
 
     #: How often the reconciler runs, and how long a request may go without progress.
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)

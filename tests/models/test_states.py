@@ -30,7 +30,7 @@ def test_the_table_matches_the_design():
     """The diagram of DESIGN.md, spelled out, so a change to the table is a visible decision."""
     S = RequestState
     assert set(ALLOWED) == {
-        (S.PENDING, S.CREATING), (S.PENDING, S.CANCELLED),
+        (S.PENDING, S.CREATING), (S.PENDING, S.FAILED), (S.PENDING, S.CANCELLED),
         (S.CREATING, S.BUILDING), (S.CREATING, S.FAILED), (S.CREATING, S.CANCELLED),
         (S.BUILDING, S.CREATING), (S.BUILDING, S.ATTACHING), (S.BUILDING, S.TAGGING),
         (S.BUILDING, S.FAILED), (S.BUILDING, S.CANCELLED),

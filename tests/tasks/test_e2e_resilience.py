@@ -126,8 +126,8 @@ def test_worker_sigkilled_mid_batch_is_covered_by_the_reconciler(stack_factory):
 def test_reconciler_rebuilds_chains_whose_messages_were_purged(stack_factory):
     stack = stack_factory()
     submitted = stack.submit(batch_of(5, "purged", volumes=False))  # no worker yet
-    purged = redis.Redis.from_url(stack.redis_url).delete("bms.create")
-    assert purged == 1  # the five create messages were there, and are gone
+    purged = redis.Redis.from_url(stack.redis_url).delete("bms.control")
+    assert purged == 1  # the batch's start message (preflight, dispatch) was there, and is gone
 
     fast_reconcile = {
         "BMS_RECONCILE_INTERVAL_SECONDS": "1",
