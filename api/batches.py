@@ -6,9 +6,11 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
+from fastapi.responses import JSONResponse
 
 from api import queries
-from api.deps import Sessions
+from api.deps import AppSettings, Sessions
+from api.dryrun import DryRunReport, DryRunUnavailable, dry_run
 from api.errors import InvalidFields
 from api.schemas import (
     BatchCancelled,
@@ -51,6 +53,14 @@ EXAMPLE_BATCH = {
 }
 
 
+def _dry_run(settings, spec) -> JSONResponse:
+    try:
+        return JSONResponse(dry_run(settings, spec))
+    except DryRunUnavailable as exc:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
+        return JSONResponse({"detail": exc.detail}, status_code=503, headers=headers)
+
+
 def _not_found(batch_id: uuid.UUID) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"batch {batch_id} not found")
 
@@ -61,13 +71,19 @@ def _not_found(batch_id: uuid.UUID) -> HTTPException:
     response_model=SubmittedBatch,
     summary="Submit a batch of servers to provision",
     responses={
-        200: {"model": SubmittedBatch, "description": "A replay of an Idempotency-Key."},
+        200: {
+            "model": SubmittedBatch | DryRunReport,
+            "description": "A replay of an Idempotency-Key; or, with `dry_run=true`, the "
+            "preflight's report (nothing stored, nothing created).",
+        },
         **INVALID,
+        503: {"model": Problem, "description": "A dry run could not read the cloud."},
     },
 )
 def submit_batch(
     response: Response,
     sessions: Sessions,
+    settings: AppSettings,
     batch: Annotated[dict[str, Any], Body(examples=[EXAMPLE_BATCH])],
     idempotency_key: Annotated[
         str | None,
@@ -78,6 +94,13 @@ def submit_batch(
             description="A resubmission with the same key returns the first batch.",
         ),
     ] = None,
+    dry_run_: Annotated[
+        bool,
+        Query(
+            alias="dry_run",
+            description="Only run the preflight against the cloud and say what would be done.",
+        ),
+    ] = False,
 ) -> SubmittedBatch:
     """The batch format of ``examples/batch.yaml``, as JSON: ``name``, optional ``defaults``
     merged into every server, and ``servers``. Answers **202** with one request per server
@@ -86,11 +109,18 @@ def submit_batch(
     With an ``Idempotency-Key`` already used, nothing is created: the answer is **200** with the
     first batch's id and requests (their states as they are now), whatever this body holds.
     A batch that does not validate answers **422** naming every bad field; nothing is stored.
+
+    With ``dry_run=true`` nothing is stored and nothing is created: the answer is **200** with
+    the preflight's report (``ok``, each problem with its field and servers, the account's
+    limits against the batch, and the number of create calls, with and without grouping), or
+    **503** when the cloud cannot be read now.
     """
     try:
         spec = parse_batch(batch)
     except SpecError as exc:
         raise InvalidFields(exc.errors) from None
+    if dry_run_:
+        return _dry_run(settings, spec)
     submitted = submit(sessions, spec, BatchSource.API, idempotency_key)
     if not submitted.created:
         response.status_code = status.HTTP_200_OK

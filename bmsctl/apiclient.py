@@ -75,6 +75,10 @@ class ApiClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/batches", json=batch, headers=headers)
 
+    def dry_run(self, batch: dict) -> dict:
+        """The preflight of ``batch`` alone: nothing stored, nothing created."""
+        return self._call("POST", "/v1/batches", params={"dry_run": "true"}, json=batch)
+
     def batches(self, limit: int = 50) -> dict:
         return self._call("GET", "/v1/batches", params={"limit": limit})
 

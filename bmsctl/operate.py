@@ -26,6 +26,11 @@ def register(subparsers) -> None:
     submit.add_argument("file", type=Path)
     submit.add_argument("--watch", action="store_true", help="follow it until it ends")
     submit.add_argument("--idempotency-key", help="resubmitting with it creates nothing new")
+    submit.add_argument(
+        "--check",
+        action="store_true",
+        help="only run the preflight (nothing stored, nothing created); exit 1 if refused",
+    )
 
     watch_cmd = _command(subparsers, "watch", "follow a batch until it ends", run_watch)
     watch_cmd.add_argument("batch")
@@ -72,6 +77,11 @@ def run_submit(args, client: ApiClient, console: Console) -> int:
         # The API checks it too; this names bad fields before any call.
         print(f"bmsctl submit: {clean(args.file)}: {clean_lines(exc)}", file=sys.stderr)
         return 2
+    if args.check:
+        report = client.dry_run(canonical_body(spec))
+        for line in preflight_text(str(args.file), report).splitlines():
+            emit(console, clean(line))
+        return 0 if report["ok"] else 1
     # The validated batch, not the file: aliases, dates or comments of YAML never travel.
     submitted = client.submit(canonical_body(spec), args.idempotency_key)
     emit(console, f"batch {submitted['batch_id']}: {len(submitted['requests'])} request(s)")
@@ -85,6 +95,31 @@ def run_submit(args, client: ApiClient, console: Console) -> int:
 def clean_lines(exc: Exception) -> str:
     """A multi-line message with each line made safe (the newlines kept)."""
     return "\n".join(clean(line) for line in str(exc).splitlines())
+
+
+def preflight_text(source: str, report: dict) -> str:
+    """A dry run's report, for people (plain text: field paths hold brackets)."""
+    verdict = "OK" if report["ok"] else "REFUSED"
+    lines = [
+        f"preflight of {source}: {verdict} (nothing stored, nothing created)",
+        f"  servers: {report['servers']}",
+        f"  create calls: {report['create_calls']} one by one, "
+        f"{report['create_calls_grouped']} with grouping (up to {report['create_group_max']} "
+        "servers a call)",
+        f"  cloud reads: {report['cloud_reads']}",
+    ]
+    for quota in report["quotas"]:
+        left = "no limit" if quota["left"] is None else f"{quota['left']} left of {quota['limit']}"
+        lines.append(f"  {quota['name']}: needs {quota['needed']}, {left}")
+    if report["problems"]:
+        lines.append("problems:")
+    for problem in report["problems"]:
+        servers = ", ".join(problem["servers"]) or "the whole batch"
+        lines.append(f"  {problem['field']}: {problem['message']} ({servers})")
+    if report["warnings"]:
+        lines.append("not checked:")
+    lines += [f"  {warning}" for warning in report["warnings"]]
+    return "\n".join(lines)
 
 
 def run_watch(args, client: ApiClient, console: Console) -> int:

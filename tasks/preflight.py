@@ -43,6 +43,7 @@ from models.records import ServerRequest, transition
 from models.states import RequestState, Step
 from tasks.control import dispatch
 from tasks.grouping import CreateCalls, count_create_calls
+from worker.app import app
 from worker.limiter import NoCapacity
 from worker.runtime import runtime
 
@@ -525,8 +526,13 @@ def _spread(seconds: float) -> float:
 def send_start(batch_id: uuid.UUID) -> bool:
     """Send ``bms.start_batch`` for a committed batch. With the broker down the requests stay
     PENDING and the reconciler dispatches them later (without preflight)."""
+    # Through the project's app, not the ``current_app`` a shared task resolves to (another
+    # Celery app made in this process, e.g. for a ping, would become current).
+    signature = app.signature(
+        "bms.start_batch", kwargs={"batch_id": str(batch_id)}, immutable=True, ignore_result=True
+    )
     try:
-        start_batch.si(batch_id=str(batch_id)).apply_async()
+        signature.apply_async()
     except OperationalError as exc:
         log.warning("broker unreachable (%s): the reconciler will start batch %s", exc, batch_id)
         return False
