@@ -37,7 +37,10 @@ def test_metrics_after_a_run_match_the_database_and_the_cloud(stack_factory):
     stack = stack_factory()
     # A tight create quota, so that the limiter holds calls back and says so.
     stack.start_worker("all", concurrency=4, BMS_RATE_LIMITS="create=2/second")
-    body = batch(server(name="counted", count=5), server(name="doomed", flavorRef="no.such"))
+    # A fixed IP outside its subnet: a create the cloud refuses that the preflight does not see
+    # (a missing flavor would make the preflight refuse the whole batch, before any create).
+    outside = {"subnet_id": "c1d0e0f0-0000-4000-8000-0000000000b1", "ip_address": "10.9.9.9"}
+    body = batch(server(name="counted", count=5), server(name="doomed", nics=[outside]))
     submitted = stack.submit(body)
     stack.wait_until_finished(submitted.batch_id, timeout=90)
     settings = api_settings(stack.database_url, stack.redis_url, api_token=TOKEN)
