@@ -41,7 +41,9 @@ JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 #: A callable the caller may set (per thread / task) to be run before :class:`TokenAuth`
 #: re-sends a request after a 401, so that a rate gate also counts that second call.
 #: :class:`bms.client.BmsClient` sets it around each request to its ``before_call`` hook.
-before_resend: ContextVar[Callable[[], None] | None] = ContextVar("bms_before_resend", default=None)
+before_resend: ContextVar[Callable[[], Callable[[], None] | None] | None] = ContextVar(
+    "bms_before_resend", default=None
+)
 
 
 # --- SDK-HMAC-SHA256 signing steps (section 2.2) ---------------------------------------------
@@ -337,11 +339,16 @@ class TokenAuth(AuthBase):
         response.content  # noqa: B018
         response.close()
         gate = before_resend.get()
-        if gate is not None:
-            gate()
+        # The gate may answer with a callback for when the re-sent call is answered (the
+        # limiter re-stamps the call then); dropping it would leave the slot stamped early.
+        answered = gate() if gate is not None else None
         logger.debug("%s %s -> 401, re-sending once with a fresh token", request.method,
                      urlsplit(request.url).path)  # fmt: skip
-        retried = response.connection.send(fresh, **send_kwargs)
+        try:
+            retried = response.connection.send(fresh, **send_kwargs)
+        finally:
+            if answered is not None:
+                answered()
         retried.history.append(response)
         retried.request = fresh
         return retried

@@ -120,10 +120,13 @@ class Throttled(TransientCloudError, CloudAPIError):
     """HTTP 429: the API class's quota is used up (``APIGW.0308``).
 
     :ivar retry_after: seconds to wait, from the ``Retry-After`` header, or None when absent.
+    :ivar api_class: the API class of the throttled call, set by the transport (one task may
+        make calls of several classes: a create's marker look-up is a ``list`` call).
     """
 
     def __init__(self, *args: Any, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
+        self.api_class: str | None = None
         super().__init__(*args)
 
     def __reduce__(self):

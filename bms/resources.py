@@ -76,6 +76,19 @@ class ResourceClient:
         response = self._vpc.request(API_CLASS, "GET", path)
         return require(response, json_body(response), "subnet")
 
+    def show_volume(self, volume_id: str) -> dict:
+        """One disk: ``GET /v2/{project_id}/cloudvolumes/{volume_id}`` (EVS).
+
+        Its ``status`` (``available``, ``attaching``, ``in-use``, ...) tells a finished attach
+        from one still running, which a server's attachment list does not.
+
+        :returns: the ``volume`` (``id``, ``status``, ``attachments`` with ``server_id``).
+        :raises NotFound: no such disk.
+        """
+        path = f"/v2/{self._project}/cloudvolumes/{_seg(volume_id)}"
+        response = self._evs.request(API_CLASS, "GET", path)
+        return require(response, json_body(response), "volume")
+
     def list_volumes(self, volume_ids: list[str]) -> list[dict]:
         """Disks by id: ``GET /v2/{project_id}/cloudvolumes/detail?ids=['a','b']`` (EVS). Ids
         the cloud does not know are left out of the answer.

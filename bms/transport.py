@@ -25,6 +25,7 @@ from bms.exceptions import (
     CloudConnectionError,
     CloudTransportError,
     ServerError,
+    Throttled,
     UnexpectedResponse,
     error_from_transport,
     raise_from_response,
@@ -182,7 +183,11 @@ class Transport:
             response.headers.get("X-Request-Id"),
             (time.monotonic() - started) * 1000,
         )
-        raise_from_response(response)
+        try:
+            raise_from_response(response)
+        except Throttled as exc:
+            exc.api_class = api_class  # the quota that ran out, for the caller's back-off
+            raise
         return response
 
 

@@ -100,8 +100,20 @@ class ServerRequest(Timestamped, Base):
     cleanup_job_id: Mapped[str | None] = mapped_column(String(64))
     #: The server's addresses, recorded when it is finalized.
     addresses: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    #: Fencing token: bumped whenever a chain is (re)built, so that a stale chain stops.
+    #: Ownership token of the request's one live chain. Every hand-off (a step sending the next
+    #: step or re-scheduling itself, dispatch, the reconciler) advances it in the transaction
+    #: that decides the hand-off, and the message sent carries the new value; a message whose
+    #: token is not the row's (a redelivered or duplicated one) does nothing.
     fence: Mapped[int] = mapped_column(default=0)
+    #: Chains the reconciler rebuilt since the request last moved on; bounded, then FAILED.
+    restarts: Mapped[int] = mapped_column(default=0)
+    #: Create attempts ever made, never reset (a retry resets ``attempt``): markers use it, so a
+    #: marker never repeats and cannot adopt a leftover of an earlier cycle.
+    create_serial: Mapped[int] = mapped_column(default=0)
+    #: End of a wait that has no cloud job row to date it (an adopted server building).
+    wait_deadline_at: Mapped[datetime | None]
+    #: Delete calls made for the current ``cleanup_server_id`` (its budget).
+    cleanup_attempts: Mapped[int] = mapped_column(default=0)
 
     batch: Mapped[Batch] = relationship(back_populates="requests")
     attachments: Mapped[list[VolumeAttachment]] = relationship(
@@ -127,7 +139,11 @@ class VolumeAttachment(Timestamped, Base):
         _enum(AttachmentState), default=AttachmentState.PENDING
     )
     job_id: Mapped[str | None] = mapped_column(String(64))
+    #: Attach calls the cloud may have acted on (accepted, or sent with the answer lost).
     attempt: Mapped[int] = mapped_column(default=0)
+    #: Set just before the attach POST and cleared when its answer is recorded: "an attach of
+    #: this volume may be in the cloud", so a re-run looks before it attaches again.
+    intent_at: Mapped[datetime | None]
 
     request: Mapped[ServerRequest] = relationship(back_populates="attachments")
 
@@ -148,6 +164,35 @@ class CloudJob(Timestamped, Base):
     end_time: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))
     fail_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class StrayState(enum.StrEnum):
+    PENDING = "PENDING"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+    ABANDONED = "ABANDONED"
+
+
+class StrayServer(Timestamped, Base):
+    """A server the orchestrator made but will not use, queued for deletion by the sweeper.
+
+    A create answered after another chain had moved the request on, or a second server found
+    with a request's marker. Only the create job may be known at first: the sweeper reads the
+    job for the server ids, then deletes them and watches the delete job to its end.
+    """
+
+    __tablename__ = "stray_servers"
+    __table_args__ = (Index(None, "state", "updated_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("server_requests.id"))
+    server_id: Mapped[str | None] = mapped_column(String(64))
+    create_job_id: Mapped[str | None] = mapped_column(String(64))
+    delete_job_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[StrayState] = mapped_column(_enum(StrayState), default=StrayState.PENDING)
+    #: Sweeps that acted on it (reads of its job, delete calls); bounded, then ABANDONED.
+    attempts: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class Event(Base):

@@ -142,6 +142,17 @@ def list_volumes(state: CloudState, request: Request) -> Response:
     return Response(200, {"volumes": [evs_volume(v) for v in shown], "count": len(volumes)})
 
 
+@routes.add("GET", "/v2/{project}/cloudvolumes/{volume_id}", "list")
+def show_volume(state: CloudState, request: Request) -> Response:
+    """``GET /v2/{project_id}/cloudvolumes/{volume_id}``: ``{"volume": {...}}``, 404 unknown."""
+    volume = state.catalog.volumes.get(request.params["volume_id"])
+    if volume is None:
+        raise ApiError(
+            404, {"error": {"code": "EVS.2001", "message": "The volume does not exist."}}
+        )
+    return Response(200, {"volume": evs_volume(volume)})
+
+
 def parse_ids(text: str) -> list[str]:
     """``['id1','id2']`` (the documented form), also ``["id1", "id2"]`` and ``id1,id2``."""
     inner = text.strip().removeprefix("[").removesuffix("]")

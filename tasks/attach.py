@@ -1,87 +1,181 @@
 """Step 3: attach the request's volumes, one at a time, in order (the API has no batch attach).
 
-An attach POST that went through but whose answer was lost is re-sent by a redelivered message;
-the cloud refuses it (the volume is in use), and the volume list of the server tells us it is
-ours: the attachment is then recorded as done instead of failed.
+An attach is recorded as an intent on its row before the POST. A run that finds an intent but
+no job id (the answer was lost, or a second copy of the step is running) looks at the disk
+before attaching again: the disk's own status is the truth, because a server's attachment list
+shows a disk from the moment an attach starts, even one that goes on to fail. So:
+
+- ``in-use`` on this server: attached (done);
+- ``attaching``: an attach is running; wait for it, up to the attach deadline;
+- ``available``: the earlier attach never happened or failed; attach again.
+
+An attempt is counted only for a call the cloud may have acted on (a job it accepted, a refusal,
+a call whose answer was lost), and the budget is checked before the call.
 """
 
 from __future__ import annotations
 
-from bms.exceptions import BadRequest, CloudTransportError, Conflict, Throttled
-from models.records import AttachmentState, CloudJob, JobKind, transition
+from datetime import timedelta
+
+from bms.exceptions import BadRequest, CloudTransportError, Conflict, ServerError, Throttled
+from models.base import as_utc, utcnow
+from models.records import AttachmentState, CloudJob, JobKind, ServerRequest, transition
 from models.states import RequestState, Step
-from tasks.base import Next, Wait, claim, fail, step_task
-from tasks.errors import is_retryable
-from tasks.plan import next_signature
-from tasks.timing import first_poll
+from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
+from tasks.errors import TIMEOUT_CODE, is_retryable
+from tasks.timing import DEADLINES, first_poll
 from worker.limiter import NoCapacity
 from worker.runtime import runtime
 
 S = RequestState
+A = AttachmentState
+
+#: Refusals of an attach that say "not now" rather than "never": the server is busy, the disk
+#: is still in use by an attach or detach that is ending.
+REFUSALS_WORTH_RETRYING = frozenset({"BMS.1001", "BMS.0103"})
+
+
+def _due(request: ServerRequest):
+    """The attachment to work on: the first one not attached, unless its job is being polled."""
+    return next((a for a in request.attachments if a.state is not A.ATTACHED), None)
 
 
 @step_task("bms.attach_volume", Step.ATTACH)
-def attach_volume(*, request_id: str, fence: int) -> Next | None:
-    with claim(request_id, fence) as (_session, request):
-        attachment = next(
-            (a for a in request.attachments if a.state is AttachmentState.PENDING), None
-        )
-        if request.state is not S.ATTACHING or attachment is None:
-            return Next(next_signature(request))
-        attachment.attempt += 1
-        position, server_id = attachment.position, request.server_id
-        volume_id, device = attachment.volume_id, attachment.device
-    client = runtime().client
+def attach_volume(chain: Chain) -> Next | None:
+    with claim(chain) as (session, request):
+        attachment = _due(request)
+        if request.state is not S.ATTACHING or attachment is None or attachment.job_id:
+            return handoff(request)
+        in_cloud_maybe = attachment.intent_at is not None
+        if not in_cloud_maybe:
+            if attachment.attempt >= runtime().settings.max_attempts:
+                return _out_of_attempts(session, request, attachment)
+            attachment.state, attachment.intent_at = A.ATTACHING, utcnow()
+        target = (attachment.position, request.server_id, attachment.volume_id, attachment.device)
+    if in_cloud_maybe:
+        settled = _look_at_disk(chain, target)
+        if settled is not None:
+            return settled
+    return _post_attach(chain, target)
+
+
+def _post_attach(chain: Chain, target: tuple) -> Next | None:
+    position, server_id, volume_id, device = target
     try:
-        job_id = client.attach_volume(server_id, volume_id, device)
+        job_id = runtime().client.attach_volume(server_id, volume_id, device)
     except (NoCapacity, Throttled):
-        _not_sent(request_id, fence, position)
+        _not_sent(chain, position)  # held back by a quota: no attempt spent
         raise
     except CloudTransportError as exc:
-        if not exc.outcome_unknown:
-            _not_sent(request_id, fence, position)
-        raise
-    except (BadRequest, Conflict) as exc:
-        attached = {a.get("volumeId") for a in client.list_volume_attachments(server_id)}
-        return _refused(request_id, fence, position, volume_id in attached, exc)
-    # Recorded whatever the fence, as a create is: the cloud started this job.
-    with claim(request_id, None) as (session, request):
-        attachment = request.attachments[position]
-        if attachment.state is not AttachmentState.PENDING:
-            return None
-        attachment.state, attachment.job_id = AttachmentState.ATTACHING, job_id
-        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH))
-        owner = request.fence == fence
-        return Next(next_signature(request, first_poll(JobKind.ATTACH)) if owner else None)
-
-
-def _not_sent(request_id: str, fence: int, position: int) -> None:
-    """The attach never reached the cloud (a quota said wait): it spends no attempt."""
-    with claim(request_id, fence) as (_session, request):
-        request.attachments[position].attempt -= 1
-
-
-def _refused(request_id: str, fence: int, position: int, ours: bool, exc) -> Next:
-    wait = None
-    with claim(request_id, fence) as (session, request):
-        attachment = request.attachments[position]
-        if ours:
-            attachment.state = AttachmentState.ATTACHED
-            if all(a.state is AttachmentState.ATTACHED for a in request.attachments):
-                transition(session, request, S.TAGGING, detail="volumes attached")
-            return Next(next_signature(request))
-        message = f"volume {attachment.volume_id}: {exc.message or exc}"
-        request.last_error_code, request.last_error_message = exc.error_code, message
-        # A permanent refusal of a first attach (BMS.0103 the volume is in use) is someone
-        # else's volume: no retry changes that. After a lost answer an earlier attach of ours
-        # may still be running (the volume is not listed yet): look again later.
-        ours_may_run = attachment.attempt > 1
-        if attachment.attempt < runtime().settings.max_attempts and (
-            ours_may_run or exc.transient or is_retryable(exc.error_code, from_job=False)
-        ):
-            wait = first_poll(JobKind.ATTACH)
+        if exc.outcome_unknown:
+            _count_attempt(chain, position)  # intent kept: the re-run looks at the disk first
         else:
-            attachment.state = AttachmentState.FAILED
-            fail(session, request, Step.ATTACH, exc.error_code, message)
-            return Next(None)
-    raise Wait(wait, "attach refused")
+            _not_sent(chain, position)
+        raise
+    except ServerError:
+        raise  # intent kept, no attempt counted: the re-run looks at the disk first
+    except (BadRequest, Conflict) as exc:
+        return _refused(chain, target, exc)
+    return _record_job(chain, position, job_id)
+
+
+def _record_job(chain: Chain, position: int, job_id: str) -> Next | None:
+    # Recorded whatever the token, as a create is: the cloud started this job.
+    with claim(chain, owned=False) as (session, request):
+        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH))
+        attachment = request.attachments[position]
+        if attachment.state is not A.ATTACHING or attachment.job_id:
+            return None  # another copy recorded or settled it; its chain goes on
+        attachment.job_id, attachment.intent_at = job_id, None
+        attachment.attempt += 1
+        if not chain.owns(request):
+            return None
+        return handoff(request, first_poll(JobKind.ATTACH))
+
+
+def _look_at_disk(chain: Chain, target: tuple) -> Next | None:
+    """After a lost answer: settle the attachment from the disk's status, or ``None`` to attach."""
+    position, server_id, volume_id, _device = target
+    volume = runtime().client.resources.show_volume(volume_id)
+    status = volume.get("status")
+    here = any(a.get("server_id") == server_id for a in volume.get("attachments") or [])
+    wait = None
+    with claim(chain) as (session, request):
+        attachment = request.attachments[position]
+        if request.state is not S.ATTACHING or attachment.intent_at is None:
+            return handoff(request)
+        if status == "in-use" and here:
+            return _attached(session, request, attachment, "found attached")
+        if status == "attaching" and here:
+            started = as_utc(attachment.intent_at)
+            if utcnow() - started > timedelta(seconds=DEADLINES[JobKind.ATTACH]):
+                attachment.intent_at = None
+                return _attach_refused(session, request, attachment, TIMEOUT_CODE, "never settled")
+            wait = first_poll(JobKind.ATTACH)
+            advance(request)
+        elif status == "available":
+            attachment.intent_at = utcnow()  # the new POST's intent
+            return None
+        else:
+            attachment.intent_at = None
+            reason = f"is {status}" + ("" if here else " on another server")
+            return _attach_refused(session, request, attachment, "BMS.0103", reason)
+    raise Wait(wait, "an attach of this disk is running")
+
+
+def _attached(session, request: ServerRequest, attachment, how: str) -> Next:
+    attachment.state, attachment.job_id, attachment.intent_at = A.ATTACHED, None, None
+    if all(a.state is A.ATTACHED for a in request.attachments):
+        transition(session, request, S.TAGGING, detail=f"volumes attached ({how})")
+    return handoff(request)
+
+
+def _not_sent(chain: Chain, position: int) -> None:
+    """The attach never reached the cloud: no intent left behind."""
+    with claim(chain) as (_session, request):
+        attachment = request.attachments[position]
+        if attachment.state is A.ATTACHING and not attachment.job_id:
+            attachment.state, attachment.intent_at = A.PENDING, None
+
+
+def _count_attempt(chain: Chain, position: int) -> None:
+    with claim(chain) as (_session, request):
+        request.attachments[position].attempt += 1
+
+
+def _refused(chain: Chain, target: tuple, exc: BadRequest | Conflict) -> Next | None:
+    """The cloud said no. The disk tells whether the refusal was our own earlier attach."""
+    position = target[0]
+    with claim(chain) as (_session, request):
+        attachment = request.attachments[position]
+        attachment.attempt += 1
+        request.last_error_code = exc.error_code
+        request.last_error_message = f"volume {attachment.volume_id}: {exc.message or exc}"
+    settled = _look_at_disk(chain, target)
+    if settled is not None:
+        return settled
+    # The disk is free: the refusal was about something else (the server busy, a bad device).
+    wait = None
+    with claim(chain) as (session, request):
+        attachment = request.attachments[position]
+        worth_again = is_retryable(exc.error_code, from_job=False) or exc.error_code in (
+            REFUSALS_WORTH_RETRYING
+        )
+        if not worth_again or attachment.attempt >= runtime().settings.max_attempts:
+            attachment.intent_at = None
+            return _attach_refused(session, request, attachment, exc.error_code, exc.message or "")
+        wait = first_poll(JobKind.ATTACH)
+        advance(request)
+    raise Wait(wait, f"attach refused: {exc.error_code}")
+
+
+def _attach_refused(session, request: ServerRequest, attachment, code, reason: str) -> Next:
+    attachment.state, attachment.job_id = A.FAILED, None
+    message = f"volume {attachment.volume_id}: {reason}"
+    fail(session, request, Step.ATTACH, code, message)
+    return Next(None)
+
+
+def _out_of_attempts(session, request: ServerRequest, attachment) -> Next:
+    code = request.last_error_code or "ORCH.ATTEMPTS"
+    return _attach_refused(session, request, attachment, code, "no attach attempt left")

@@ -1,16 +1,26 @@
 """The one task wrapper of the chain's steps, and what every step shares.
 
-A step is a plain function ``(request_id, fence) -> Next | None`` that claims its row, makes one
-cloud call and records the result in short transactions. The wrapper turns it into a Celery
-task with the project's defaults and handles what is common to all steps:
+A step is a plain function ``(chain) -> Next | None`` that claims its row, makes one cloud call
+and records the result in short transactions. ``step_task`` registers it as a Celery task with
+the project's defaults and returns the plain function (the unit tests call it). The wrapper
+handles what is common to all steps:
 
 - no quota now (our limiter) or a 429 (the cloud's): re-scheduled for when capacity returns,
   without spending the failure budget;
 - a step that asks to wait (polling, backoff): re-scheduled with its countdown;
 - a transient cloud error: retried with backoff, counted in ``transient_errors``; past the
   budget the request is FAILED at that step;
-- a stale fencing token: the chain stops;
+- any other exception: that request is FAILED with the error's message (the worker goes on);
+- a message that does not own the request (see below): it does nothing;
 - success: the next step is sent, after the step's transaction committed.
+
+Ownership. Messages are delivered at least once, so two copies of a step may run. The row's
+``fence`` is the token of the one live message: every hand-off (to the next step, or to a re-run
+of the same step) advances it in the transaction that decides the hand-off, and the message sent
+carries the new value. A claim by a message whose token is not the row's raises ``StaleChain``;
+so a redelivered step whose hand-off is already done stops at once, and two copies running side
+by side collapse into one at the first hand-off. Calls that must not be made twice (create,
+attach) are guarded by an intent recorded before the call, which a second copy looks up.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,25 +37,30 @@ from dataclasses import dataclass
 from celery import shared_task
 from celery.canvas import Signature
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from bms.exceptions import CloudAPIError, CloudError, Throttled
 from models.db import session_scope
-from models.records import ServerRequest, transition
+from models.records import ServerRequest, StrayServer, record_note, transition
 from models.states import ALLOWED_TRANSITIONS, RequestState, Step
+from tasks.plan import next_signature
 from worker.app import MAX_COUNTDOWN_SECONDS
 from worker.limiter import NoCapacity
 from worker.queues import TASK_API_CLASSES
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks")
+S = RequestState
 
 #: Transient errors (5xx, timeouts, 409) tolerated per step before the request is FAILED.
 MAX_TRANSIENT_ERRORS = 6
+#: The code recorded for an exception that is not a cloud error (a bug, an unreadable answer).
+INTERNAL_ERROR_CODE = "ORCH.INTERNAL"
 
 
 class StaleChain(Exception):
-    """The row's fencing token moved on: another chain owns the request now."""
+    """The message in hand does not own the request: another message does."""
 
 
 @dataclass
@@ -62,6 +78,21 @@ class Next:
     signature: Signature | None
 
 
+@dataclass
+class Chain:
+    """The message in hand: the request it is about and the ownership token it carries.
+
+    ``fence`` follows the row: a claim that advanced the token sets it here once committed, so
+    that a re-run of the step is sent with the token the row now holds.
+    """
+
+    request_id: str
+    fence: int
+
+    def owns(self, request: ServerRequest) -> bool:
+        return request.fence == self.fence
+
+
 def jitter(seconds: float) -> float:
     """Spread re-scheduled tasks so that they do not all come back in the same instant."""
     return seconds + random.uniform(0, 0.1 + 0.1 * seconds)
@@ -72,24 +103,41 @@ def clamp(seconds: float) -> float:
 
 
 @contextmanager
-def claim(request_id: str, fence: int | None) -> Iterator[tuple[Session, ServerRequest]]:
-    """One short transaction on the request row, locked, owned by this chain.
+def claim(chain: Chain, *, owned: bool = True) -> Iterator[tuple[Session, ServerRequest]]:
+    """One short transaction on the request row, locked.
 
-    ``fence=None`` skips the ownership check: only for recording a fact about the cloud that
-    must not be lost whichever chain learnt it (a create the cloud accepted).
+    ``owned=False`` skips the ownership check: only for recording a fact about the cloud that
+    must not be lost whichever message learnt it (a create the cloud accepted); the caller then
+    hands off only if ``chain.owns(request)``.
 
-    :raises StaleChain: the row's fence is not ``fence``.
+    :raises StaleChain: the request is gone, or (``owned``) its token is not the message's.
     """
     with session_scope(runtime().sessions) as session:
         request = session.scalar(
             select(ServerRequest)
-            .where(ServerRequest.id == uuid.UUID(request_id))
-            .options(selectinload(ServerRequest.attachments))
+            .where(ServerRequest.id == uuid.UUID(chain.request_id))
             .with_for_update()
         )
-        if request is None or (fence is not None and request.fence != fence):
-            raise StaleChain(request_id)
+        if request is None or (owned and not chain.owns(request)):
+            raise StaleChain(chain.request_id)
+        held = request.fence
         yield session, request
+        advanced = request.fence != held
+        token = request.fence
+    if advanced:
+        chain.fence = token  # committed: the row now expects this token
+
+
+def advance(request: ServerRequest) -> None:
+    """This transaction hands the request on: the message it sends owns the request."""
+    request.fence += 1
+    request.restarts = 0  # it moves: the reconciler's count starts again
+
+
+def handoff(request: ServerRequest, countdown: float | None = None) -> Next:
+    """Advance the token and name the step that comes next (or none)."""
+    advance(request)
+    return Next(next_signature(request, countdown))
 
 
 def fail(
@@ -103,18 +151,45 @@ def fail(
     request.failed_step = step
     request.last_error_code = code
     request.last_error_message = message[:2000]
-    transition(session, request, RequestState.FAILED, detail=f"{step.value}: {code} {message}")
+    transition(session, request, S.FAILED, detail=f"{step.value}: {code} {message}"[:2000])
 
 
 def error_code_of(exc: CloudError) -> str:
     return exc.error_code if isinstance(exc, CloudAPIError) else type(exc).__name__
 
 
-def step_task(name: str, step: Step) -> Callable:
-    """Make a step function a Celery task named ``name``, on the queue of its API class."""
-    api_class = TASK_API_CLASSES[name]
+def give_up(session: Session, request: ServerRequest, step: Step, code: str, message: str) -> None:
+    """End whatever the request was doing, for a reason no retry will change.
 
-    def decorate(body: Callable[..., Next | None]):
+    An unfinished request is FAILED at ``step``. A finished one (cancelled or failed) that was
+    still cleaning up stops: the server it was deleting is named in its error, for an operator,
+    and a create job it was watching is handed to the stray sweeper.
+    """
+    request.create_intent_at = None
+    if request.job_id and request.state is S.CANCELLED:
+        stray = StrayServer(request_id=request.id, create_job_id=request.job_id, reason=message)
+        session.add(stray)
+        request.job_id = None
+    if request.cleanup_server_id:
+        message = f"server {request.cleanup_server_id} not deleted ({message}): delete it by hand"
+        request.cleanup_server_id = request.cleanup_job_id = None
+    request.last_error_code, request.last_error_message = code, message[:2000]
+    if S.FAILED in ALLOWED_TRANSITIONS[request.state]:
+        fail(session, request, step, code, message)
+    else:
+        record_note(session, request, f"{code}: {message}"[:2000])
+
+
+#: Task name -> the step it works on (what a request FAILED there would resume at).
+STEP_OF_TASK: dict[str, Step] = {}
+
+
+def step_task(name: str, step: Step) -> Callable:
+    """Register a step function as the Celery task ``name``, on the queue of its API class."""
+    api_class = TASK_API_CLASSES[name]
+    STEP_OF_TASK[name] = step
+
+    def decorate(body: Callable[[Chain], Next | None]):
         @shared_task(
             name=name,
             bind=True,
@@ -124,42 +199,68 @@ def step_task(name: str, step: Step) -> Callable:
         )
         @functools.wraps(body)
         def run(self, *, request_id: str, fence: int, transient_errors: int = 0) -> None:
-            retry = functools.partial(_retry, self, request_id, fence)
+            chain = Chain(request_id, fence)
+            retry = functools.partial(_retry, self, chain)
             try:
-                outcome = body(request_id=request_id, fence=fence)
+                outcome = body(chain)
             except StaleChain:
-                log.info("%s %s: stale chain (fence %s), stopping", name, request_id, fence)
+                log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
                 return
             except NoCapacity as exc:
                 raise retry(transient_errors, exc.wait_seconds) from None
             except Throttled as exc:
-                runtime().limiter.back_off(api_class, exc.retry_after)
+                # The class of the call that was throttled, which may not be the task's.
+                runtime().limiter.back_off(exc.api_class or api_class, exc.retry_after)
                 raise retry(transient_errors, exc.retry_after or 5.0) from None
             except Wait as exc:
-                raise retry(transient_errors, exc.seconds) from None
+                # A wait follows a call that worked: scattered errors before it are forgiven.
+                raise retry(0, exc.seconds) from None
             except CloudError as exc:
                 if not exc.transient or transient_errors >= MAX_TRANSIENT_ERRORS:
-                    _fail_step(request_id, fence, step, exc)
+                    _end_step(chain, step, error_code_of(exc), str(exc))
                     return
                 log.warning("%s %s: %s, retrying", name, request_id, exc)
                 raise retry(transient_errors + 1, 2.0**transient_errors) from None
+            except OperationalError as exc:
+                # The database is unreachable or locked for long: nothing can be recorded now.
+                if transient_errors >= MAX_TRANSIENT_ERRORS:
+                    log.error("%s %s: database unusable (%s); the reconciler takes over",
+                              name, request_id, exc)  # fmt: skip
+                    return
+                raise retry(transient_errors + 1, 2.0**transient_errors) from None
+            except Exception as exc:
+                log.exception("%s %s: unexpected error", name, request_id)
+                _end_step(chain, step, INTERNAL_ERROR_CODE, _describe(exc))
+                return
             if outcome is not None and outcome.signature is not None:
                 outcome.signature.apply_async()
 
-        return run
+        body.task = run  # the registered task; the function itself stays callable for tests
+        return body
 
     return decorate
 
 
-def _retry(task, request_id: str, fence: int, transient_errors: int, seconds: float):
-    kwargs = {"request_id": request_id, "fence": fence, "transient_errors": transient_errors}
+def _describe(exc: BaseException) -> str:
+    """The exception and where it was raised, in one line for the request's error."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _retry(task, chain: Chain, transient_errors: int, seconds: float):
+    kwargs = {
+        "request_id": chain.request_id,
+        "fence": chain.fence,
+        "transient_errors": transient_errors,
+    }
     return task.retry(kwargs=kwargs, countdown=clamp(jitter(seconds)), max_retries=None)
 
 
-def _fail_step(request_id: str, fence: int, step: Step, exc: CloudError) -> None:
+def _end_step(chain: Chain, step: Step, code: str, message: str) -> None:
+    """The step cannot go on: end the request's current work with the reason, if still ours."""
     try:
-        with claim(request_id, fence) as (session, request):
-            if RequestState.FAILED in ALLOWED_TRANSITIONS[request.state]:
-                fail(session, request, step, error_code_of(exc), str(exc))
+        with claim(chain) as (session, request):
+            give_up(session, request, step, code, message)
     except StaleChain:
         pass

@@ -3,67 +3,80 @@
 Used when a create job failed (the next attempt starts once the failed server is gone, so no
 failed server is left billed) and when a request is cancelled after its server was made. A
 delete that the cloud refuses or that keeps failing is recorded on the request, not retried
-forever.
+forever: the budget counts the delete calls of the server being deleted now, and a delete job
+is watched up to its deadline.
 """
 
 from __future__ import annotations
 
 import logging
-
-from sqlalchemy import func, select
+from datetime import timedelta
 
 from bms.exceptions import CloudAPIError, NotFound
 from bms.jobs import JobOutcome
-from models.base import utcnow
+from models.base import as_utc, utcnow
 from models.records import CloudJob, JobKind, ServerRequest, record_note
 from models.states import RequestState, Step
-from tasks.base import Next, Wait, claim, step_task
-from tasks.plan import next_signature
-from tasks.timing import create_backoff, first_poll, next_poll
+from tasks.base import Chain, Next, Wait, advance, claim, handoff, step_task
+from tasks.errors import TIMEOUT_CODE
+from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.cleanup")
 
 
 @step_task("bms.delete_server", Step.CREATE)
-def delete_server(*, request_id: str, fence: int) -> Next | None:
-    with claim(request_id, fence) as (_session, request):
+def delete_server(chain: Chain) -> Next | None:
+    with claim(chain) as (_session, request):
         server_id = request.cleanup_server_id
         if not server_id or request.cleanup_job_id:
-            return Next(next_signature(request))
+            return handoff(request)
     try:
         job_id = runtime().client.delete_servers([server_id])
     except NotFound:
-        return _finished(request_id, fence, f"server {server_id} already gone")
+        return _finished(chain, f"server {server_id} already gone")
     except CloudAPIError as exc:
         if exc.transient:
             raise
-        return _finished(request_id, fence, f"delete of {server_id} refused: {exc}")
-    with claim(request_id, fence) as (session, request):
+        return _finished(chain, f"delete of {server_id} refused: {exc}")
+    with claim(chain) as (session, request):
+        if request.cleanup_server_id != server_id:
+            return handoff(request)
         request.cleanup_job_id = job_id
+        request.cleanup_attempts += 1
         session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.DELETE))
-        return Next(next_signature(request, first_poll(JobKind.DELETE)))
+        return handoff(request, first_poll(JobKind.DELETE))
 
 
 @step_task("bms.poll_delete_job", Step.CREATE)
-def poll_delete_job(*, request_id: str, fence: int) -> Next | None:
-    with claim(request_id, fence) as (_session, request):
+def poll_delete_job(chain: Chain) -> Next | None:
+    with claim(chain) as (_session, request):
         job_id, server_id = request.cleanup_job_id, request.cleanup_server_id
         if not job_id:
-            return Next(next_signature(request))
+            return handoff(request)
     try:
         job = runtime().client.show_job(job_id)
     except CloudAPIError as exc:
         if exc.transient:
             raise
         # The cloud no longer answers for this job (gone, refused): say so, do not loop.
-        return _finished(request_id, fence, f"delete job {job_id} of {server_id} unreadable: {exc}")
-    with claim(request_id, fence) as (session, request):
+        return _finished(chain, f"delete job {job_id} of {server_id} unreadable: {exc}")
+    with claim(chain) as (session, request):
+        if request.cleanup_job_id != job_id:
+            return handoff(request)
         cloud_job = session.get(CloudJob, job_id)
+        if cloud_job is None:  # a row of an older release: its deadline counts from now
+            cloud_job = CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.DELETE)
+            session.add(cloud_job)
+            session.flush()
         cloud_job.status, cloud_job.polls = job.status, cloud_job.polls + 1
         request.updated_at = utcnow()  # progress, for the reconciler
         if job.outcome is JobOutcome.RUNNING:
+            deadline = as_utc(cloud_job.created_at) + timedelta(seconds=DEADLINES[JobKind.DELETE])
+            if utcnow() > deadline:
+                return _delete_failed(session, request, server_id, TIMEOUT_CODE)
             wait = next_poll(JobKind.DELETE, cloud_job.polls)
+            advance(request)
         elif job.outcome is JobOutcome.DONE:
             return _clear(session, request, f"deleted server {server_id}")
         else:
@@ -74,29 +87,25 @@ def poll_delete_job(*, request_id: str, fence: int) -> Next | None:
 
 
 def _delete_failed(session, request: ServerRequest, server_id: str, code: str | None) -> Next:
-    deletes = session.scalar(
-        select(func.count())
-        .select_from(CloudJob)
-        .where(CloudJob.request_id == request.id, CloudJob.kind == JobKind.DELETE)
-    )
-    if deletes < runtime().settings.max_attempts:
+    if request.cleanup_attempts < runtime().settings.max_attempts:
         request.cleanup_job_id = None  # delete again
         record_note(session, request, f"delete of server {server_id} failed ({code}), again")
-        return Next(next_signature(request, first_poll(JobKind.DELETE)))
+        return handoff(request, first_poll(JobKind.DELETE))
     log.error("%s: server %s could not be deleted (%s)", request.id, server_id, code)
     request.last_error_code = code
     request.last_error_message = f"server {server_id} could not be deleted: delete it by hand"
     return _clear(session, request, request.last_error_message)
 
 
-def _finished(request_id: str, fence: int, detail: str) -> Next:
-    with claim(request_id, fence) as (session, request):
+def _finished(chain: Chain, detail: str) -> Next:
+    with claim(chain) as (session, request):
         return _clear(session, request, detail)
 
 
 def _clear(session, request: ServerRequest, detail: str) -> Next:
     request.cleanup_server_id = request.cleanup_job_id = None
+    request.cleanup_attempts = 0
     record_note(session, request, detail)
     # The next create attempt waits out its backoff; anything else goes on at once.
     backoff = create_backoff(request.attempt) if request.state is RequestState.CREATING else 0
-    return Next(next_signature(request, countdown=backoff))
+    return handoff(request, countdown=backoff)

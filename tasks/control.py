@@ -1,9 +1,13 @@
 """Starting chains: dispatch of committed requests, the reconciler, cancel and retry.
 
-Every chain starts the same way: in one transaction the row's fencing token is bumped (so any
-older chain of the request stops at its next step), then, after the commit, the step the row
-names is sent. A request committed but never sent (a crash between the two) is found by the
+Every chain starts the same way: in one transaction the row's ownership token is advanced (so
+any older message of the request stops at its next claim), then, after the commit, the step the
+row names is sent. A request committed but never sent (a crash between the two) is found by the
 reconciler, which does exactly this for every unfinished request that has stopped moving.
+
+The reconciler counts its restarts of a request; one that still makes no progress after
+``BMS_MAX_RESTARTS`` of them is ended (FAILED with the reason, or its cleanup given up with the
+server named for an operator), so that every request ends.
 """
 
 from __future__ import annotations
@@ -11,18 +15,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
 from kombu.exceptions import OperationalError
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from models.base import utcnow
 from models.db import session_scope
 from models.records import AttachmentState, ServerRequest, transition
-from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState
-from tasks.plan import next_signature
+from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
+from tasks.base import STEP_OF_TASK, give_up
+from tasks.plan import next_signature, next_task_name
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.control")
@@ -38,20 +43,26 @@ def _locked(session: Session, request_id: uuid.UUID) -> ServerRequest | None:
     )
 
 
-def dispatch(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) -> int:
+def dispatch(
+    sessions: sessionmaker[Session],
+    request_ids: Iterable[uuid.UUID],
+    *,
+    idle_before: datetime | None = None,
+    max_restarts: int | None = None,
+) -> int:
     """Start (or restart) the chain of each request; returns how many were sent.
 
     Call it after the requests are committed: the tasks read the rows. A broker that cannot
     be reached loses nothing: the requests stay committed and the reconciler starts them later.
+
+    :param idle_before: the reconciler's cutoff: a request that moved since it was found idle
+        (checked under the row lock) is left to the chain that moved it.
+    :param max_restarts: count this as a restart, and end a request restarted more often.
     """
     sent = 0
     for request_id in request_ids:
         with session_scope(sessions) as session:
-            request = _locked(session, request_id)
-            if request is None:
-                continue
-            request.fence += 1
-            signature = next_signature(request)
+            signature = _restart(session, request_id, idle_before, max_restarts)
         if signature is None:
             continue
         try:
@@ -61,6 +72,33 @@ def dispatch(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) 
             break
         sent += 1
     return sent
+
+
+def _restart(session: Session, request_id: uuid.UUID, idle_before, max_restarts):
+    """Take the request over (token advanced in SQL, atomically) and name its next step."""
+    bump = update(ServerRequest).where(ServerRequest.id == request_id)
+    if idle_before is not None:
+        bump = bump.where(ServerRequest.updated_at < idle_before)
+    taken = session.execute(bump.values(fence=ServerRequest.fence + 1))
+    if taken.rowcount != 1:
+        return None  # gone, or it moved since it was found idle
+    request = _locked(session, request_id)
+    if max_restarts is not None:
+        request.restarts += 1
+        if request.restarts > max_restarts:
+            _end_stalled(session, request)
+            return None
+    return next_signature(request)
+
+
+def _end_stalled(session: Session, request: ServerRequest) -> None:
+    task_name = next_task_name(request)
+    if task_name is None:
+        return
+    step = STEP_OF_TASK.get(task_name, Step.CREATE)
+    message = f"no progress at {task_name} after {request.restarts - 1} restarts"
+    log.error("reconciler: request %s: %s, ending it", request.id, message)
+    give_up(session, request, step, "ORCH.STALLED", message)
 
 
 def stalled_request_ids(session: Session, idle_seconds: float) -> list[uuid.UUID]:
@@ -80,11 +118,17 @@ def stalled_request_ids(session: Session, idle_seconds: float) -> list[uuid.UUID
 def reconcile() -> int:
     """Beat task: rebuild the chain of every request that stopped moving."""
     current = runtime()
+    idle_seconds = current.settings.reconcile_after_seconds
     with session_scope(current.sessions) as session:
-        stalled = stalled_request_ids(session, current.settings.reconcile_after_seconds)
+        stalled = stalled_request_ids(session, idle_seconds)
     if stalled:
         log.warning("reconciler: rebuilding %d stalled chain(s)", len(stalled))
-    return dispatch(current.sessions, stalled)
+    return dispatch(
+        current.sessions,
+        stalled,
+        idle_before=utcnow() - timedelta(seconds=idle_seconds),
+        max_restarts=current.settings.max_restarts,
+    )
 
 
 def cancel(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
@@ -101,7 +145,7 @@ def cancel(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) ->
             if request is None or request.state not in IN_FLIGHT_STATES:
                 continue
             if request.server_id:
-                request.cleanup_server_id = request.server_id
+                request.cleanup_server_id, request.cleanup_attempts = request.server_id, 0
             transition(session, request, S.CANCELLED, detail="cancelled by operator")
             cancelled.append(request.id)
     return cancelled

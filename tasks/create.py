@@ -2,8 +2,13 @@
 
 A duplicate POST makes a second, billed bare metal server, so the row records the intent and a
 marker before the POST, and the server carries the marker in its name and metadata. When a run
-finds an intent but no job id (the answer was lost: worker killed, connection dropped), it looks
-the marker up in the cloud and adopts the server it finds instead of creating another.
+finds an intent but no job id (the answer was lost: worker killed, connection dropped, or a
+second copy of this step is running), it looks the marker up in the cloud and adopts the server
+it finds instead of creating another. Markers come from a serial that never resets, so a marker
+never matches a server of an earlier attempt or retry cycle.
+
+Servers this step learns of but will not use (a second match of the marker, a create answered
+after the request moved on) are queued as strays and deleted by the sweeper, never forgotten.
 """
 
 from __future__ import annotations
@@ -13,12 +18,18 @@ from datetime import timedelta
 
 from bms.exceptions import BadRequest, CloudTransportError, Throttled
 from models.base import as_utc, utcnow
-from models.records import CloudJob, JobKind, ServerRequest, transition
+from models.records import (
+    CloudJob,
+    JobKind,
+    ServerRequest,
+    StrayServer,
+    record_note,
+    transition,
+)
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
-from tasks.base import Next, Wait, claim, fail, step_task
+from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import is_retryable
-from tasks.plan import next_signature
 from tasks.timing import create_backoff, first_poll
 from worker import fault_hooks
 from worker.limiter import NoCapacity
@@ -29,8 +40,8 @@ S = RequestState
 
 
 def marker_for(request: ServerRequest) -> str:
-    """Unique per request and attempt, short enough to ride in the server name."""
-    return f"o{request.id.hex[:12]}a{request.attempt}"
+    """Unique per request and create attempt ever made, short enough to ride in the name."""
+    return f"o{request.id.hex[:12]}a{request.create_serial}"
 
 
 def create_name(name: str, marker: str) -> str:
@@ -46,100 +57,134 @@ def create_body(request: ServerRequest) -> dict:
 
 
 @step_task("bms.create_server", Step.CREATE)
-def create_server(*, request_id: str, fence: int) -> Next | None:
-    with claim(request_id, fence) as (session, request):
-        if request.state is S.CANCELLED and request.create_intent_at is None:
-            return Next(next_signature(request))
-        if request.state not in (S.PENDING, S.CREATING, S.CANCELLED):
-            return Next(next_signature(request))
+def create_server(chain: Chain) -> Next | None:
+    with claim(chain) as (session, request):
+        in_cloud_maybe = request.create_intent_at is not None
+        if request.state not in (S.PENDING, S.CREATING) and not (
+            request.state is S.CANCELLED and in_cloud_maybe
+        ):
+            return handoff(request)
         if request.state is S.PENDING:
             transition(session, request, S.CREATING, detail="dispatched")
-        answer_lost = request.create_intent_at is not None
-        if not answer_lost:
+        if not in_cloud_maybe:
             request.attempt += 1
+            request.create_serial += 1
             request.create_marker = marker_for(request)
             request.create_intent_at = utcnow()
         body = create_body(request)
-        marker, cancelled = request.create_marker, request.state is S.CANCELLED
-    if answer_lost:
-        adopted = _adopt_by_marker(request_id, fence, marker)
-        if adopted is not None or cancelled:
-            return adopted  # a cancelled request never sends a create
-        _touch_intent(request_id, fence)
-    return _post_create(request_id, fence, body, marker, new_attempt=not answer_lost)
+        marker = request.create_marker
+    if in_cloud_maybe:
+        adopted = _adopt_by_marker(chain, marker)
+        if adopted is not None:
+            return adopted
+        _touch_intent(chain)
+    return _post_create(chain, body, marker, new_attempt=not in_cloud_maybe)
 
 
-def _adopt_by_marker(request_id: str, fence: int, marker: str) -> Next | None:
-    """Look for a server an earlier run created; adopt it, or wait out the listing delay."""
-    found = [
+def _live_with_marker(marker: str) -> list[dict]:
+    return [
         server
         for server in runtime().client.list_servers(name=marker).servers
         if server.get("metadata", {}).get(MARKER_METADATA_KEY) == marker
         and server.get("status") != "DELETED"
     ]
+
+
+def _adopt_by_marker(chain: Chain, marker: str) -> Next | None:
+    """Look for a server an earlier run created; adopt it, or wait out the listing delay.
+
+    Returns what to hand on when the look-up settles the matter, ``None`` to create now.
+    """
+    found = _live_with_marker(marker)
     wait = None
-    with claim(request_id, fence) as (session, request):
+    with claim(chain) as (session, request):
+        if request.create_marker != marker:
+            return handoff(request)
         if found:
-            request.create_intent_at = None
-            if request.state is S.CANCELLED:
-                request.cleanup_server_id = found[0]["id"]
-                return Next(next_signature(request))
-            request.server_id, request.job_id = found[0]["id"], None
-            transition(session, request, S.BUILDING, detail=f"adopted server {found[0]['id']}")
-            return Next(next_signature(request))
+            return _adopt(session, request, found)
         grace = timedelta(seconds=runtime().settings.create_lookup_grace_seconds)
         intent_age = utcnow() - as_utc(request.create_intent_at)
         if intent_age < grace:
             # A server may not be listed yet right after its create: look again before POSTing.
             wait = (grace - intent_age).total_seconds()
+            advance(request)
         elif request.state is S.CANCELLED:
-            request.create_intent_at = None
-            return Next(None)
+            request.create_intent_at = None  # nothing was made: a cancel has nothing to undo
+            record_note(session, request, f"no server with marker {marker}: nothing to delete")
+            return handoff(request)
     if wait is not None:
         raise Wait(wait, "create may still appear")
-    log.info("%s: marker %s not found after the grace period, creating", request_id, marker)
+    log.info("%s: marker %s not found after the grace period, creating", chain.request_id, marker)
     return None
 
 
-def _touch_intent(request_id: str, fence: int) -> None:
+def _adopt(session, request: ServerRequest, found: list[dict]) -> Next:
+    """Take the first server with the marker; any other is a duplicate, queued for deletion."""
+    server_id = found[0]["id"]
+    for extra in found[1:]:
+        _stray(session, request, server_id=extra["id"], reason=f"second server with marker "
+               f"{request.create_marker}")  # fmt: skip
+    request.create_intent_at = None
+    if request.state is S.CANCELLED:
+        request.cleanup_server_id, request.cleanup_attempts = server_id, 0
+        record_note(session, request, f"server {server_id} found after the cancel: deleting it")
+        return handoff(request)
+    request.server_id, request.job_id = server_id, None
+    request.wait_deadline_at = None  # set by the first wait of the adopted server
+    transition(session, request, S.BUILDING, detail=f"adopted server {server_id}")
+    return handoff(request)
+
+
+def _stray(session, request: ServerRequest, *, reason: str, **ids: str) -> None:
+    session.add(StrayServer(request_id=request.id, reason=reason, **ids))
+    record_note(session, request, f"{reason}: queued for deletion")
+
+
+def _touch_intent(chain: Chain) -> None:
     """A new POST with the same marker: its intent starts now."""
-    with claim(request_id, fence) as (_session, request):
+    with claim(chain) as (_session, request):
         request.create_intent_at = utcnow()
 
 
-def _post_create(
-    request_id: str, fence: int, body: dict, marker: str, new_attempt: bool
-) -> Next | None:
+def _post_create(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:
     try:
         result = runtime().client.create_servers(body)
     except (NoCapacity, Throttled):
-        _not_sent(request_id, fence, new_attempt)  # held back by a quota, ours or the cloud's
+        _not_sent(chain, new_attempt)  # held back by a quota, ours or the cloud's
         raise
     except CloudTransportError as exc:
         if not exc.outcome_unknown:
-            _not_sent(request_id, fence, new_attempt)
+            _not_sent(chain, new_attempt)
         raise  # with the intent kept, the retry looks the marker up before any new POST
     except BadRequest as exc:
-        return _refused(request_id, fence, exc)
+        return _refused(chain, exc)
     fault_hooks.after_create_post()
-    # Recorded whatever the fence: the cloud accepted a create, and that must not be lost
-    # because another chain took the request over meanwhile.
-    with claim(request_id, None) as (session, request):
+    return _record_job(chain, marker, result.job_id)
+
+
+def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
+    # Recorded whatever the token: the cloud accepted a create, and that must not be lost
+    # because another message took the request over meanwhile.
+    with claim(chain, owned=False) as (session, request):
+        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.CREATE))
         if request.create_marker != marker or request.job_id or request.server_id:
-            log.warning("%s: create job %s answered too late to record", request_id, result.job_id)
+            # Another run got there first (it adopted or recorded a server): this one's is extra.
+            _stray(session, request, create_job_id=job_id, reason=f"create job {job_id} "
+                   "answered after the request had moved on")  # fmt: skip
             return None
-        request.job_id = result.job_id
+        request.job_id = job_id
         request.create_intent_at = None
-        session.add(CloudJob(job_id=result.job_id, request_id=request.id, kind=JobKind.CREATE))
         if request.state is S.CREATING:
-            transition(session, request, S.BUILDING, detail=f"create job {result.job_id}")
-        owner = request.fence == fence
-        return Next(next_signature(request, first_poll(JobKind.CREATE)) if owner else None)
+            transition(session, request, S.BUILDING, detail=f"create job {job_id}")
+        if not chain.owns(request):
+            return None  # the owner learns of the job from the row
+        # A cancelled request watches its create to its end too, then deletes the server.
+        return handoff(request, first_poll(JobKind.CREATE))
 
 
-def _not_sent(request_id: str, fence: int, new_attempt: bool) -> None:
+def _not_sent(chain: Chain, new_attempt: bool) -> None:
     """The create certainly did not reach the cloud: no intent, and no attempt spent on it."""
-    with claim(request_id, fence) as (_session, request):
+    with claim(chain) as (_session, request):
         request.create_intent_at = None
         if new_attempt:
             # A quota wait is not a failed attempt: the budget is for what the cloud did.
@@ -147,18 +192,21 @@ def _not_sent(request_id: str, fence: int, new_attempt: bool) -> None:
             request.create_marker = None
 
 
-def _refused(request_id: str, fence: int, exc: BadRequest) -> Next | None:
+def _refused(chain: Chain, exc: BadRequest) -> Next | None:
     """The cloud refused the create outright: nothing was made."""
     retry_in = None
-    with claim(request_id, fence) as (session, request):
+    with claim(chain) as (session, request):
         request.create_intent_at = None
+        if request.state is S.CANCELLED:
+            record_note(session, request, f"create refused ({exc.error_code}): nothing made")
+            return handoff(request)
         attempts_left = request.attempt < runtime().settings.max_attempts
         if is_retryable(exc.error_code, from_job=False) and attempts_left:
             request.last_error_code, request.last_error_message = exc.error_code, exc.message
             retry_in = create_backoff(request.attempt)
+            advance(request)
         else:
             fail(session, request, Step.CREATE, exc.error_code, exc.message or str(exc))
-    if retry_in is not None:
-        # Raised after the transaction: the cleared intent and the error must be kept.
-        raise Wait(retry_in, f"create refused: {exc.error_code}")
-    return None
+            return None
+    # Raised after the transaction: the cleared intent and the error must be kept.
+    raise Wait(retry_in, f"create refused: {exc.error_code}")

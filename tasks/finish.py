@@ -3,6 +3,7 @@
 Tags are replaced as a whole (one call), keeping the cloud's own ``__type_baremetal``. The
 server was created under a name carrying the create marker; the rename gives it the name the
 request asked for. Finalize reads the server once, records its addresses and ends the request.
+A request cancelled during one of these calls is handed to cleanup when the call returns.
 """
 
 from __future__ import annotations
@@ -10,56 +11,58 @@ from __future__ import annotations
 from models.records import transition
 from models.spec import BAREMETAL_TAG
 from models.states import RequestState, Step
-from tasks.base import Next, claim, fail, step_task
-from tasks.plan import next_signature
+from tasks.base import Chain, Next, claim, fail, handoff, step_task
 from worker.runtime import runtime
 
 S = RequestState
 
 
-def _load_stage(request_id: str, fence: int, step_before: Step | None):
+def _load_stage(chain: Chain, step_before: Step | None):
     """The row's server id and spec if this step is due; else the signature of what is."""
-    with claim(request_id, fence) as (_session, request):
+    with claim(chain) as (_session, request):
         if request.state is not S.TAGGING or request.step_done is not step_before:
-            return None, Next(next_signature(request))
+            return None, handoff(request)
         return (request.server_id, request.spec, request.name), None
 
 
-def _mark_done(request_id: str, fence: int, step: Step) -> Next:
-    with claim(request_id, fence) as (_session, request):
-        request.step_done = step
-        return Next(next_signature(request))
+def _mark_done(chain: Chain, step: Step) -> Next:
+    with claim(chain) as (_session, request):
+        if request.state is S.TAGGING:
+            request.step_done = step
+        return handoff(request)
 
 
 @step_task("bms.apply_tags", Step.TAG)
-def apply_tags(*, request_id: str, fence: int) -> Next | None:
-    loaded, skip = _load_stage(request_id, fence, None)
+def apply_tags(chain: Chain) -> Next | None:
+    loaded, skip = _load_stage(chain, None)
     if skip:
         return skip
     server_id, spec, _name = loaded
     if spec["tags"]:
         runtime().client.nova.replace_tags(server_id, [*spec["tags"], BAREMETAL_TAG])
-    return _mark_done(request_id, fence, Step.TAG)
+    return _mark_done(chain, Step.TAG)
 
 
 @step_task("bms.rename_server", Step.RENAME)
-def rename_server(*, request_id: str, fence: int) -> Next | None:
-    loaded, skip = _load_stage(request_id, fence, Step.TAG)
+def rename_server(chain: Chain) -> Next | None:
+    loaded, skip = _load_stage(chain, Step.TAG)
     if skip:
         return skip
     server_id, _spec, name = loaded
     runtime().client.rename_server(server_id, name)
-    return _mark_done(request_id, fence, Step.RENAME)
+    return _mark_done(chain, Step.RENAME)
 
 
 @step_task("bms.finalize", Step.FINALIZE)
-def finalize(*, request_id: str, fence: int) -> Next | None:
-    loaded, skip = _load_stage(request_id, fence, Step.RENAME)
+def finalize(chain: Chain) -> Next | None:
+    loaded, skip = _load_stage(chain, Step.RENAME)
     if skip:
         return skip
     server_id, _spec, _name = loaded
     server = runtime().client.show_server(server_id)
-    with claim(request_id, fence) as (session, request):
+    with claim(chain) as (session, request):
+        if request.state is not S.TAGGING:
+            return handoff(request)  # cancelled meanwhile: cleanup deletes the server
         request.addresses = server.get("addresses") or {}
         if server.get("status") != "ACTIVE":
             fail(session, request, Step.FINALIZE, "ORCH.NOT_ACTIVE", f"status {server['status']}")

@@ -22,7 +22,8 @@ def next_task_name(request: ServerRequest) -> str | None:
         # A failed or cancelled server goes before anything else happens to the request.
         return "bms.poll_delete_job" if request.cleanup_job_id else "bms.delete_server"
     state = request.state
-    if state in (S.PENDING, S.CREATING):
+    if state in (S.PENDING, S.CREATING) or (state is S.CANCELLED and request.create_intent_at):
+        # A cancelled request whose create may be in the cloud looks for it (to delete it).
         return "bms.create_server"
     if state is S.BUILDING or (state is S.CANCELLED and request.job_id):
         # A cancelled create still in flight is watched to its end, then deleted.

@@ -4,6 +4,10 @@ A poll that finds the job running re-schedules itself with a growing delay; past
 its kind the job counts as failed. Every sub_job is checked: a create is done only when all are.
 A failed create is classified from its code: retryable with attempts left goes back to CREATING
 (the failed server deleted first), anything else is FAILED, keeping the step, code and message.
+
+Every wait ends: a job's deadline counts from its row's creation, an adopted server's from the
+deadline stored on the request when its watch began. A request cancelled while its job ran is
+handed to cleanup as soon as the poll comes back.
 """
 
 from __future__ import annotations
@@ -15,20 +19,22 @@ from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
 from models.records import AttachmentState, CloudJob, JobKind, ServerRequest, transition
 from models.states import RequestState, Step
-from tasks.base import Next, Wait, claim, fail, step_task
+from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
-from tasks.plan import next_signature
 from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
 from worker.runtime import runtime
 
 S = RequestState
 
 
-def _record(session, request: ServerRequest, job: Job) -> CloudJob:
+def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKind) -> CloudJob:
     """Store what the poll saw, and mark the request as making progress."""
-    cloud_job = session.get(CloudJob, job.job_id) if job.job_id else None
+    cloud_job = session.get(CloudJob, job_id)
     if cloud_job is None:
-        raise LookupError(f"job {job.job_id} of request {request.id} is not recorded")
+        # Not recorded (a row of an older release): its deadline counts from now.
+        cloud_job = CloudJob(job_id=job_id, request_id=request.id, kind=kind, polls=0)
+        session.add(cloud_job)
+        session.flush()
     cloud_job.status = job.status
     cloud_job.polls += 1
     cloud_job.begin_time, cloud_job.end_time = job.begin_time, job.end_time
@@ -48,23 +54,27 @@ def _still_running(cloud_job: CloudJob) -> float | None:
 
 
 @step_task("bms.poll_create_job", Step.POLL_CREATE)
-def poll_create_job(*, request_id: str, fence: int) -> Next | None:
-    with claim(request_id, fence) as (_session, request):
+def poll_create_job(chain: Chain) -> Next | None:
+    with claim(chain) as (_session, request):
         if request.state not in (S.BUILDING, S.CANCELLED) or not request.job_id:
-            return Next(next_signature(request))
+            return handoff(request)
         job_id = request.job_id
     job = runtime().client.show_job(job_id)
     wait = None
-    with claim(request_id, fence) as (session, request):
+    with claim(chain) as (session, request):
         if request.job_id != job_id:
-            return Next(next_signature(request))
-        cloud_job = _record(session, request, job)
+            return handoff(request)
+        cloud_job = _record(session, request, job_id, job, JobKind.CREATE)
         if job.outcome is JobOutcome.RUNNING:
             wait = _still_running(cloud_job)
             if wait is None:
                 failure = _CreateFailure(job.server_ids, TIMEOUT_CODE, "create job timed out")
                 return _create_failed(session, request, failure)
+            advance(request)
         elif job.outcome is JobOutcome.DONE:
+            if not job.server_ids:
+                failure = _CreateFailure([], "ORCH.NO_SERVER", f"job {job_id} named no server")
+                return _create_failed(session, request, failure)
             return _create_done(session, request, job.server_ids[0])
         else:
             first = job.failures[0]
@@ -75,25 +85,30 @@ def poll_create_job(*, request_id: str, fence: int) -> Next | None:
 
 
 @step_task("bms.wait_server_built", Step.POLL_CREATE)
-def wait_server_built(*, request_id: str, fence: int) -> Next | None:
+def wait_server_built(chain: Chain) -> Next | None:
     """For an adopted server (no job id): watch its status instead of its job."""
-    with claim(request_id, fence) as (_session, request):
+    with claim(chain) as (_session, request):
         if request.state is not S.BUILDING or request.job_id or not request.server_id:
-            return Next(next_signature(request))
-        server_id, since = request.server_id, request.updated_at
+            return handoff(request)
+        if request.wait_deadline_at is None:
+            # Stored, so that nothing else touching the row (the reconciler) moves it.
+            request.wait_deadline_at = utcnow() + timedelta(seconds=DEADLINES[JobKind.CREATE])
+        server_id = request.server_id
     server = runtime().client.show_server(server_id)
     status = server.get("status")
-    with claim(request_id, fence) as (session, request):
+    with claim(chain) as (session, request):
+        if request.server_id != server_id:
+            return handoff(request)
         if status == "ACTIVE":
             return _create_done(session, request, server_id)
         if status in ("ERROR", "DELETED"):
             fault = server.get("fault") or {}
             failure = _CreateFailure([server_id], "BMS.3004", fault.get("message") or status)
             return _create_failed(session, request, failure)
-        age = utcnow() - as_utc(since)
-        if age > timedelta(seconds=DEADLINES[JobKind.CREATE]):
+        if request.state is S.BUILDING and utcnow() > as_utc(request.wait_deadline_at):
             failure = _CreateFailure([server_id], TIMEOUT_CODE, "server never became ACTIVE")
             return _create_failed(session, request, failure)
+        advance(request)
     raise Wait(first_poll(JobKind.CREATE), "server building")
 
 
@@ -106,59 +121,64 @@ class _CreateFailure:
 
 def _create_done(session, request: ServerRequest, server_id: str) -> Next:
     request.server_id = server_id
-    request.job_id = None
+    request.job_id = request.wait_deadline_at = None
     if request.state is S.CANCELLED:
         # Cancelled while being created: the rule is finish, then delete (see README).
-        request.cleanup_server_id = server_id
-        return Next(next_signature(request))
+        request.cleanup_server_id, request.cleanup_attempts = server_id, 0
+        return handoff(request)
     next_state = S.ATTACHING if request.attachments else S.TAGGING
     request.step_done = None
     transition(session, request, next_state, detail=f"server {server_id} built")
-    return Next(next_signature(request))
+    return handoff(request)
 
 
 def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> Next:
-    request.job_id = None
+    request.job_id = request.wait_deadline_at = None
     request.server_id = None
     request.create_marker = None
     # Whatever the job made is deleted before the next attempt (or for good).
     request.cleanup_server_id = failure.server_ids[0] if failure.server_ids else None
+    request.cleanup_attempts = 0
     request.last_error_code, request.last_error_message = failure.code, failure.reason
     if request.state is S.CANCELLED:
-        return Next(next_signature(request))
+        return handoff(request)
     retryable = is_retryable(failure.code, from_job=True) and failure.code != TIMEOUT_CODE
     if retryable and request.attempt < runtime().settings.max_attempts:
         transition(
             session, request, S.CREATING, detail=f"attempt {request.attempt}: {failure.code}"
         )
-        return Next(next_signature(request, countdown=create_backoff(request.attempt)))
+        return handoff(request, countdown=create_backoff(request.attempt))
     fail(session, request, Step.CREATE, failure.code, failure.reason)
-    return Next(next_signature(request))
+    return handoff(request)
 
 
 @step_task("bms.poll_attach_job", Step.ATTACH)
-def poll_attach_job(*, request_id: str, fence: int) -> Next | None:
-    with claim(request_id, fence) as (_session, request):
+def poll_attach_job(chain: Chain) -> Next | None:
+    with claim(chain) as (_session, request):
         attachment = _current_attachment(request)
         if request.state is not S.ATTACHING or attachment is None or not attachment.job_id:
-            return Next(next_signature(request))
+            return handoff(request)
         job_id = attachment.job_id
     job = runtime().client.show_job(job_id)
     wait = None
-    with claim(request_id, fence) as (session, request):
+    with claim(chain) as (session, request):
         attachment = _current_attachment(request)
         if attachment is None or attachment.job_id != job_id:
-            return Next(next_signature(request))
-        cloud_job = _record(session, request, job)
+            return handoff(request)
+        cloud_job = _record(session, request, job_id, job, JobKind.ATTACH)
+        if request.state is not S.ATTACHING:
+            # Cancelled (or ended) during the call: the server is deleted, volumes and all.
+            return handoff(request)
         if job.outcome is JobOutcome.RUNNING:
             wait = _still_running(cloud_job)
             if wait is None:
                 return _attach_failed(session, request, attachment, TIMEOUT_CODE, "timed out")
+            advance(request)
         elif job.outcome is JobOutcome.DONE:
             attachment.state, attachment.job_id = AttachmentState.ATTACHED, None
             if all(a.state is AttachmentState.ATTACHED for a in request.attachments):
                 transition(session, request, S.TAGGING, detail="volumes attached")
-            return Next(next_signature(request))
+            return handoff(request)
         else:
             first = job.failures[0]
             return _attach_failed(
@@ -177,7 +197,7 @@ def _attach_failed(session, request, attachment, code: str | None, reason: str) 
     request.last_error_code, request.last_error_message = code, reason
     if attachment.attempt < runtime().settings.max_attempts and code != TIMEOUT_CODE:
         attachment.state = AttachmentState.PENDING
-        return Next(next_signature(request, countdown=first_poll(JobKind.ATTACH)))
+        return handoff(request, countdown=first_poll(JobKind.ATTACH))
     attachment.state = AttachmentState.FAILED
     fail(session, request, Step.ATTACH, code, f"volume {attachment.volume_id}: {reason}")
     return Next(None)

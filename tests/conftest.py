@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.receiver",
     "tests.fixtures.simulator",
     "tests.fixtures.stack",
+    "tests.tasks.stepkit",
 ]

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     #: Most servers one ``count`` create may make (the API allows 100; some regions' docs 24).
     create_group_max: int = Field(default=100, ge=1, le=100)
+    #: Chains the reconciler rebuilds for a request that makes no progress before it ends it
+    #: (FAILED, or its cleanup given up with the server named for an operator).
+    max_restarts: int = Field(default=5, ge=1, le=100)
 
     #: How often the reconciler runs, and how long a request may go without progress.
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)

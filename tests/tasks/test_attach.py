@@ -1,0 +1,142 @@
+"""The attach step's body with a scripted cloud: lost answers, refusals, budgets, duplicates."""
+
+from __future__ import annotations
+
+import pytest
+
+from bms.exceptions import BadRequest, CloudConnectionError, ServerError
+from models.records import AttachmentState
+from models.states import RequestState, Step
+from tasks.attach import attach_volume
+from tasks.base import StaleChain, Wait
+from tests.tasks.stepkit import next_task, volume
+
+S = RequestState
+A = AttachmentState
+DROPPED = CloudConnectionError("dropped", "POST", "/attachvolume")
+
+
+def attaching(bench, volumes: int = 1) -> object:
+    return bench.add(S.ATTACHING, server_id="srv-1", volumes=volumes)
+
+
+def test_a_lost_answer_whose_job_then_fails_is_attached_again_not_marked_done(bench):
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", DROPPED)
+    with pytest.raises(CloudConnectionError):
+        attach_volume(bench.chain(request_id))
+    # The re-run: the disk shows the first attach still running (the list would show it too).
+    bench.client.on("show_volume", volume("attaching"))
+    with pytest.raises(Wait):
+        attach_volume(bench.chain(request_id))
+    assert bench.get(request_id).attachments[0].state is not A.ATTACHED
+    # That attach failed in the cloud: the disk is free again, so it is attached anew.
+    bench.client.on("show_volume", volume("available"))
+    bench.client.on("attach_volume", "job-2")
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    attachment = bench.get(request_id).attachments[0]
+    assert (attachment.state, attachment.job_id) == (A.ATTACHING, "job-2")
+    assert next_task(outcome) == "bms.poll_attach_job"
+    assert attachment.attempt == 2  # the lost call may have acted, and the new one did
+
+
+def test_a_refusal_while_our_own_attach_runs_waits_instead_of_marking_it_done(bench):
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", BadRequest(400, "BMS.0103", "The volume vol-1 is attaching."))
+    bench.client.on("show_volume", volume("attaching"))
+
+    with pytest.raises(Wait):
+        attach_volume(bench.chain(request_id))
+
+    assert bench.get(request_id).attachments[0].state is not A.ATTACHED
+
+
+def test_a_disk_in_use_on_our_server_after_a_lost_answer_is_attached(bench):
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", DROPPED)
+    with pytest.raises(CloudConnectionError):
+        attach_volume(bench.chain(request_id))
+    bench.client.on("show_volume", volume("in-use"))
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.attachments[0].state is A.ATTACHED and stored.state is S.TAGGING
+    assert next_task(outcome) == "bms.apply_tags"
+    assert bench.client.count("attach_volume") == 1
+
+
+def test_a_disk_in_use_elsewhere_fails_at_once_with_the_reason(bench):
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", BadRequest(400, "BMS.0103", "The volume vol-1 is in-use."))
+    bench.client.on("show_volume", volume("in-use", server_id="someone-else"))
+
+    attach_volume(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.FAILED and stored.failed_step is Step.ATTACH
+    assert "in-use on another server" in stored.last_error_message
+    assert bench.client.count("attach_volume") == 1
+
+
+def test_a_5xx_spends_no_attempt_and_the_budget_is_checked_before_the_call(bench):
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", ServerError(500, "BMS.9999", "boom"))
+    with pytest.raises(ServerError):
+        attach_volume(bench.chain(request_id))
+    assert bench.get(request_id).attachments[0].attempt == 0
+
+    request_id = attaching(bench)
+    with bench.sessions() as session:
+        from models.records import VolumeAttachment
+
+        attachment = session.query(VolumeAttachment).filter_by(request_id=request_id).one()
+        attachment.attempt = 3
+        session.commit()
+    attach_volume(bench.chain(request_id))
+
+    assert bench.get(request_id).state is S.FAILED
+    assert bench.client.count("attach_volume") == 1  # only the first request's call
+
+
+def test_two_copies_of_the_step_send_one_attach(bench):
+    request_id = attaching(bench)
+    second_copy = bench.chain(request_id)
+
+    def the_other_copy_runs_meanwhile(*_args):
+        with pytest.raises(Wait):
+            attach_volume(second_copy)  # sees the intent, looks at the disk, does not POST
+        return "job-1"
+
+    bench.client.on("attach_volume", the_other_copy_runs_meanwhile)
+    bench.client.on("show_volume", volume("attaching"))
+
+    attach_volume(bench.chain(request_id))
+
+    assert bench.client.count("attach_volume") == 1
+    assert bench.get(request_id).attachments[0].job_id == "job-1"
+
+
+def test_a_cancel_during_the_attach_post_hands_the_request_to_cleanup(bench):
+    request_id = attaching(bench)
+    cancels = bench.cancel_during(request_id, "job-1")
+    bench.client.on("attach_volume", cancels)
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.cleanup_server_id == "srv-1"
+    assert next_task(outcome) == "bms.delete_server"
+
+
+def test_a_redelivered_attach_after_its_hand_off_does_nothing(bench):
+    request_id = attaching(bench)
+    message = bench.chain(request_id)
+    bench.client.on("attach_volume", "job-1")
+    attach_volume(bench.chain(request_id))
+
+    with pytest.raises(StaleChain):
+        attach_volume(message)
+    assert bench.client.count("attach_volume") == 1

@@ -1,0 +1,190 @@
+"""The step wrapper and the row claim: ownership, real locks on both backends, bounded errors.
+
+The race tests use real threads on a real database (SQLite and PostgreSQL): one thread holds
+the row while another tries to take it, and the second must wait for the first to commit.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bms.exceptions import Throttled
+from models.base import utcnow
+from models.records import transition
+from models.states import RequestState, Step
+from tasks import base
+from tasks.base import Chain, StaleChain, advance, claim
+from tasks.cleanup import delete_server
+from tasks.control import cancel
+from tasks.create import create_server
+from tasks.poll import poll_create_job
+from tests.tasks.stepkit import job
+
+S = RequestState
+#: How long the holder keeps the row while the other thread tries for it. The check is that
+#: the other thread is *still* waiting when the holder lets go: a longer hold only makes a
+#: broken lock more certain to show, never a working one fail.
+HOLD_SECONDS = 1.0
+
+
+@pytest.fixture
+def retries(monkeypatch):
+    """The re-runs the wrapper asks Celery for, as (fence, transient_errors, seconds)."""
+    asked = []
+
+    def record(_task, chain, transient_errors, seconds):
+        asked.append((chain.fence, transient_errors, seconds))
+        return RuntimeError("re-run scheduled")
+
+    monkeypatch.setattr(base, "_retry", record)
+    return asked
+
+
+def run_task(step, request_id, fence, **kwargs):
+    """Run the registered task itself (the wrapper), in this thread."""
+    return step.task(request_id=str(request_id), fence=fence, **kwargs)
+
+
+def test_an_unexpected_error_fails_that_request_not_the_worker(bench):
+    request_id = bench.add(S.BUILDING, job_id="job-1")
+    bench.client.on("show_job", ValueError("a body nobody expected"))
+
+    run_task(poll_create_job, request_id, bench.get(request_id).fence)  # returns, no raise
+
+    stored = bench.get(request_id)
+    assert stored.state is S.FAILED and stored.failed_step is Step.POLL_CREATE
+    assert stored.last_error_code == base.INTERNAL_ERROR_CODE
+    assert stored.last_error_message.startswith("ValueError: a body nobody expected (at ")
+
+
+def test_an_unexpected_error_in_a_cancelled_requests_cleanup_ends_it_with_a_note(bench):
+    request_id = bench.add(S.CANCELLED, cleanup_server_id="srv-1")
+    bench.client.on("delete_servers", KeyError("job_id"))
+
+    run_task(delete_server, request_id, bench.get(request_id).fence)
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.cleanup_server_id is None
+    assert "srv-1" in stored.last_error_message and "by hand" in stored.last_error_message
+
+
+def test_a_wait_forgives_earlier_transient_errors_and_carries_the_new_token(bench, retries):
+    request_id = bench.add(S.BUILDING, job_id="job-1")
+    fence = bench.get(request_id).fence
+    bench.client.on("show_job", job("RUNNING"))
+
+    with pytest.raises(RuntimeError, match="re-run scheduled"):
+        run_task(poll_create_job, request_id, fence, transient_errors=5)
+
+    assert retries[0][:2] == (fence + 1, 0)
+    assert bench.get(request_id).fence == fence + 1
+
+
+def test_a_429_on_the_marker_lookup_pauses_the_list_class_not_create(bench, retries):
+    request_id = bench.add(S.CREATING, create_marker="m1", attempt=1, create_intent_at=utcnow())
+    throttled = Throttled(429, "APIGW.0308", "quota")
+    throttled.api_class = "list"
+    bench.client.on("list_servers", throttled)
+
+    with pytest.raises(RuntimeError):
+        run_task(create_server, request_id, bench.get(request_id).fence)
+
+    assert [api_class for api_class, _s in bench.limiter.backed_off] == ["list"]
+
+
+def test_a_stale_message_does_nothing(bench):
+    request_id = bench.add(S.BUILDING, job_id="job-1")
+    stale = bench.get(request_id).fence - 1
+
+    run_task(poll_create_job, request_id, stale)
+
+    assert bench.client.calls == []
+
+
+def hold_row(bench, request_id, holding: threading.Event, release: threading.Event):
+    chain = bench.chain(request_id)
+    with claim(chain) as (_session, request):
+        holding.set()
+        release.wait(30)
+        advance(request)
+
+
+def test_a_claim_waits_for_the_holder_and_then_sees_its_hand_off(bench):
+    request_id = bench.add(S.BUILDING, job_id="job-1")
+    second = bench.chain(request_id)  # a second copy of the same message
+    holding, release, second_done = threading.Event(), threading.Event(), threading.Event()
+    outcome = {}
+
+    def second_copy():
+        try:
+            with claim(second):
+                outcome["claimed"] = True
+        except StaleChain:
+            outcome["claimed"] = False
+        second_done.set()
+
+    holder = threading.Thread(target=hold_row, args=(bench, request_id, holding, release))
+    holder.start()
+    assert holding.wait(30)
+    other = threading.Thread(target=second_copy)
+    other.start()
+    blocked = not second_done.wait(HOLD_SECONDS)
+    release.set()
+    holder.join(30)
+    other.join(30)
+
+    assert blocked, "the second claim read the row while the first held it"
+    assert outcome == {"claimed": False}  # it saw the hand-off and stopped
+
+
+def test_concurrent_token_bumps_lose_none(bench):
+    request_id = bench.add(S.BUILDING, job_id="job-1")
+    start = bench.get(request_id).fence
+    holding, release = threading.Event(), threading.Event()
+
+    def bump_unowned():
+        with claim(Chain(str(request_id), -1), owned=False) as (_session, request):
+            request.fence += 1
+
+    holder = threading.Thread(target=hold_row, args=(bench, request_id, holding, release))
+    holder.start()
+    assert holding.wait(30)
+    other = threading.Thread(target=bump_unowned)
+    other.start()
+    other.join(HOLD_SECONDS)
+    release.set()
+    holder.join(30)
+    other.join(30)
+
+    assert bench.get(request_id).fence == start + 2  # before, on SQLite: start + 1
+
+
+def test_a_cancel_during_a_claim_is_not_overwritten_by_the_step(bench):
+    request_id = bench.add(S.CREATING, attempt=1)
+    holding, release = threading.Event(), threading.Event()
+
+    def step_records_building():
+        with claim(bench.chain(request_id)) as (session, request):
+            holding.set()
+            release.wait(30)
+            if request.state is S.CREATING:
+                transition(session, request, S.BUILDING, detail="create job job-1")
+
+    step = threading.Thread(target=step_records_building)
+    step.start()
+    assert holding.wait(30)
+    canceller = threading.Thread(target=cancel, args=(bench.sessions, [request_id]))
+    canceller.start()
+    canceller.join(HOLD_SECONDS)
+    release.set()
+    step.join(30)
+    canceller.join(30)
+
+    stored = bench.get(request_id)
+    # The cancel waited for the step's commit, then cancelled the BUILDING request: the one
+    # state history has no step writing over a cancel.
+    assert stored.state is S.CANCELLED
+    states = [to for _f, to, _d in bench.events(request_id)]
+    assert states[-2:] == ["BUILDING", "CANCELLED"]

@@ -1,0 +1,66 @@
+"""The delete steps' bodies with a scripted cloud: budgets per server, bounded waits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from models.base import utcnow
+from models.db import session_scope
+from models.records import CloudJob, JobKind
+from models.states import RequestState
+from tasks.cleanup import delete_server, poll_delete_job
+from tasks.errors import TIMEOUT_CODE
+from tests.tasks.stepkit import job, next_task
+
+S = RequestState
+
+
+def cancelled_with_server(bench, **fields):
+    return bench.add(S.CANCELLED, cleanup_server_id="srv-1", **fields)
+
+
+def test_deletes_of_earlier_servers_do_not_spend_this_servers_budget(bench):
+    request_id = cancelled_with_server(bench)
+    with session_scope(bench.sessions) as session:
+        for n in range(3):  # three failed attempts' servers, deleted long ago
+            session.add(CloudJob(job_id=f"old-{n}", request_id=request_id, kind=JobKind.DELETE))
+    bench.client.on("delete_servers", "del-1")
+    delete_server(bench.chain(request_id))
+    bench.client.on("show_job", job("FAIL", code="BMS.9999", job_id="del-1"))
+
+    outcome = poll_delete_job(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.cleanup_server_id == "srv-1"  # deleted again, not given up
+    assert stored.cleanup_job_id is None and stored.cleanup_attempts == 1
+    assert next_task(outcome) == "bms.delete_server"
+
+
+def test_a_delete_job_that_never_ends_is_bounded(bench):
+    request_id = cancelled_with_server(bench, cleanup_job_id="del-1", cleanup_attempts=3)
+    with session_scope(bench.sessions) as session:
+        session.add(CloudJob(job_id="del-1", request_id=request_id, kind=JobKind.DELETE))
+    with session_scope(bench.sessions) as session:
+        long_ago = utcnow() - timedelta(days=1)
+        session.execute(update(CloudJob).values(created_at=long_ago))
+    bench.client.on("show_job", job("RUNNING", job_id="del-1"))
+
+    outcome = poll_delete_job(bench.chain(request_id))  # before: polled forever
+
+    stored = bench.get(request_id)
+    assert stored.cleanup_server_id is None
+    assert stored.last_error_code == TIMEOUT_CODE
+    assert "delete it by hand" in stored.last_error_message
+    assert next_task(outcome) is None
+
+
+def test_a_server_already_gone_ends_the_cleanup(bench):
+    from bms.exceptions import NotFound
+
+    request_id = cancelled_with_server(bench)
+    bench.client.on("delete_servers", NotFound(404, "BMS.0040", "gone"))
+
+    assert next_task(delete_server(bench.chain(request_id))) is None
+    assert bench.get(request_id).cleanup_server_id is None

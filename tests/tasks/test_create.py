@@ -1,0 +1,141 @@
+"""The create step's body with a scripted cloud: at most one server, whatever interleaves."""
+
+from __future__ import annotations
+
+import pytest
+
+from bms.client import CreateResult, ServerPage
+from bms.exceptions import BadRequest, CloudConnectionError, Throttled
+from models.spec import MARKER_METADATA_KEY
+from models.states import RequestState
+from tasks.base import StaleChain
+from tasks.control import cancel, retry
+from tasks.create import create_server
+from tests.tasks.stepkit import next_task
+
+S = RequestState
+
+
+def listed(*servers: tuple[str, str]) -> ServerPage:
+    """A list answer with servers ``(id, marker)``."""
+    found = [
+        {"id": sid, "status": "BUILD", "metadata": {MARKER_METADATA_KEY: marker}}
+        for sid, marker in servers
+    ]
+    return ServerPage(found, len(found))
+
+
+def test_a_cancel_during_the_create_post_never_provisions(bench):
+    request_id = bench.add(S.PENDING)
+    chain = bench.chain(request_id)
+    cancels = bench.cancel_during(request_id, CreateResult("job-1"))
+    bench.client.on("create_servers", cancels)
+
+    outcome = create_server(chain)
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED
+    assert stored.job_id == "job-1"  # known, so that its server is deleted when the job ends
+    assert next_task(outcome) == "bms.poll_create_job"
+    assert [to for _f, to, _d in bench.events(request_id)] == ["PENDING", "CREATING", "CANCELLED"]
+
+
+def test_a_create_refused_after_a_cancel_ends_quietly(bench):
+    request_id = bench.add(S.PENDING)
+    chain = bench.chain(request_id)
+    refusal = BadRequest(400, "BMS.0008", "no such flavor")
+    bench.client.on("create_servers", bench.cancel_during(request_id, refusal))
+
+    outcome = create_server(chain)  # before: IllegalTransition CANCELLED -> FAILED
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.create_intent_at is None
+    assert next_task(outcome) is None
+
+
+def test_a_second_copy_of_a_finished_create_does_nothing(bench):
+    request_id = bench.add(S.PENDING)
+    message = bench.chain(request_id)
+    bench.client.on("create_servers", CreateResult("job-1"))
+    create_server(bench.chain(request_id))
+
+    with pytest.raises(StaleChain):
+        create_server(message)  # the same message, delivered again
+
+    assert bench.client.count("create_servers") == 1
+
+
+def test_a_lost_answer_adopts_the_server_and_queues_any_duplicate_for_deletion(bench):
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", CloudConnectionError("dropped", "POST", "/x"))
+    with pytest.raises(CloudConnectionError):
+        create_server(bench.chain(request_id))
+    marker = bench.get(request_id).create_marker
+    bench.client.on("list_servers", listed(("srv-1", marker), ("srv-2", marker)))
+
+    outcome = create_server(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.server_id) == (S.BUILDING, "srv-1")
+    assert next_task(outcome) == "bms.wait_server_built"
+    assert [s.server_id for s in bench.strays(request_id)] == ["srv-2"]
+    assert bench.client.count("create_servers") == 1
+
+
+def test_a_create_answered_after_the_request_moved_on_is_queued_for_deletion(bench):
+    request_id = bench.add(S.PENDING)
+    chain = bench.chain(request_id)
+
+    def another_run_adopted_meanwhile() -> None:
+        bench.set(request_id, server_id="srv-9", create_intent_at=None, state=S.BUILDING)
+
+    bench.client.on(
+        "create_servers", bench.during(another_run_adopted_meanwhile, CreateResult("job-late"))
+    )
+
+    assert create_server(chain) is None
+
+    strays = bench.strays(request_id)
+    assert [(s.create_job_id, s.server_id) for s in strays] == [("job-late", None)]
+    assert any("job-late" in (detail or "") for _f, _t, detail in bench.events(request_id))
+
+
+def test_markers_never_repeat_across_retries(bench):
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", BadRequest(400, "BMS.0008", "no such flavor"))
+    create_server(bench.chain(request_id))
+    first = bench.get(request_id)
+    assert first.state is S.FAILED
+    first_marker = first.create_serial
+
+    retry(bench.sessions, [request_id])
+    create_server(bench.chain(request_id))
+
+    again = bench.get(request_id)
+    assert again.attempt == 1  # the operator's retry is a fresh budget...
+    assert again.create_serial == first_marker + 1  # ...but never a marker seen before
+
+
+def test_a_quota_wait_spends_no_attempt_and_names_no_marker(bench):
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", Throttled(429, "APIGW.0308", "quota"))
+    with pytest.raises(Throttled):
+        create_server(bench.chain(request_id))
+    stored = bench.get(request_id)
+    assert (stored.attempt, stored.create_marker, stored.create_intent_at) == (0, None, None)
+
+
+def test_a_cancelled_request_whose_create_was_never_made_finds_nothing_and_stops(bench):
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", CloudConnectionError("dropped", "POST", "/x"))
+    with pytest.raises(CloudConnectionError):
+        create_server(bench.chain(request_id))
+    cancel(bench.sessions, [request_id])
+    bench.client.on("list_servers", listed())
+
+    outcome = create_server(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.create_intent_at is None
+    assert next_task(outcome) is None
+    assert bench.client.count("create_servers") == 1  # a cancelled request never creates
