@@ -180,14 +180,9 @@ def give_up(session: Session, request: ServerRequest, step: Step, code: str, mes
         record_note(session, request, f"{code}: {message}"[:2000])
 
 
-#: Task name -> the step it works on (what a request FAILED there would resume at).
-STEP_OF_TASK: dict[str, Step] = {}
-
-
 def step_task(name: str, step: Step) -> Callable:
     """Register a step function as the Celery task ``name``, on the queue of its API class."""
     api_class = TASK_API_CLASSES[name]
-    STEP_OF_TASK[name] = step
 
     def decorate(body: Callable[[Chain], Next | None]):
         @shared_task(

@@ -26,8 +26,8 @@ from models.base import utcnow
 from models.db import session_scope
 from models.records import AttachmentState, ServerRequest, transition
 from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
-from tasks.base import STEP_OF_TASK, give_up
-from tasks.plan import next_signature, next_task_name
+from tasks.base import give_up
+from tasks.plan import STEP_OF_TASK, next_signature, next_task_name
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.control")

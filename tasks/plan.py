@@ -15,6 +15,20 @@ from worker.app import app
 
 S = RequestState
 
+#: Each step task and the step a request ended there is FAILED at (a retry resumes there).
+STEP_OF_TASK: dict[str, Step] = {
+    "bms.create_server": Step.CREATE,
+    "bms.poll_create_job": Step.POLL_CREATE,
+    "bms.wait_server_built": Step.POLL_CREATE,
+    "bms.attach_volume": Step.ATTACH,
+    "bms.poll_attach_job": Step.ATTACH,
+    "bms.apply_tags": Step.TAG,
+    "bms.rename_server": Step.RENAME,
+    "bms.finalize": Step.FINALIZE,
+    "bms.delete_server": Step.CREATE,
+    "bms.poll_delete_job": Step.CREATE,
+}
+
 
 def next_task_name(request: ServerRequest) -> str | None:
     """The task that moves ``request`` on, or ``None`` when nothing is left to do."""

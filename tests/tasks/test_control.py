@@ -12,7 +12,8 @@ import pytest
 from models.base import utcnow
 from models.records import AttachmentState, ServerRequest, VolumeAttachment
 from models.states import RequestState, Step
-from tasks.control import cancel, retry, stalled_request_ids
+from tasks.base import advance
+from tasks.control import cancel, dispatch, retry, stalled_request_ids
 from tests.factories import add_request
 
 S = RequestState
@@ -119,3 +120,68 @@ def test_reconciler_finds_idle_unfinished_requests_only(sessions):
         found = set(stalled_request_ids(session, idle_seconds=600))
     assert found == {idle.id, leftover.id}
     assert busy.id not in found
+
+
+def idle_since(sessions, request_id, moment) -> None:
+    with sessions() as session:
+        session.get(ServerRequest, request_id).updated_at = moment
+        session.commit()
+
+
+def test_the_reconciler_ends_a_request_it_keeps_restarting_in_vain(sessions):
+    with sessions() as session:
+        request = add_request(session, S.BUILDING)
+        request.job_id = "job-stuck"
+        session.commit()
+    for _restart in range(3):
+        idle_since(sessions, request.id, utcnow() - timedelta(hours=1))
+        dispatch(sessions, [request.id], idle_before=utcnow(), max_restarts=2)
+
+    stored = reload(sessions, request.id)
+    assert stored.state is S.FAILED and stored.failed_step is Step.POLL_CREATE
+    assert stored.last_error_code == "ORCH.STALLED"
+    assert "after 2 restarts" in stored.last_error_message
+
+
+def test_the_reconciler_gives_up_a_cleanup_it_keeps_restarting_and_names_the_server(sessions):
+    with sessions() as session:
+        request = add_request(session, S.CANCELLED)
+        request.cleanup_server_id = "srv-left"
+        session.commit()
+    for _restart in range(2):
+        idle_since(sessions, request.id, utcnow() - timedelta(hours=1))
+        dispatch(sessions, [request.id], idle_before=utcnow(), max_restarts=1)
+
+    stored = reload(sessions, request.id)
+    assert stored.state is S.CANCELLED and stored.cleanup_server_id is None
+    assert "srv-left" in stored.last_error_message
+    with sessions() as session:
+        assert request.id not in stalled_request_ids(session, idle_seconds=0)
+
+
+def test_the_reconciler_leaves_a_request_that_moved_after_it_was_found_idle(sessions):
+    with sessions() as session:
+        request = add_request(session, S.BUILDING)
+        request.job_id = "job-1"
+        session.commit()
+    found_idle_at = utcnow() - timedelta(minutes=10)  # it moved since (created just now)
+    fence = reload(sessions, request.id).fence
+
+    assert dispatch(sessions, [request.id], idle_before=found_idle_at, max_restarts=5) == 0
+
+    stored = reload(sessions, request.id)
+    assert (stored.fence, stored.restarts) == (fence, 0)
+
+
+def test_a_hand_off_starts_the_restart_count_again(sessions):
+    with sessions() as session:
+        request = add_request(session, S.BUILDING)
+        request.job_id = "job-1"
+        session.commit()
+    idle_since(sessions, request.id, utcnow() - timedelta(hours=1))
+    dispatch(sessions, [request.id], idle_before=utcnow(), max_restarts=5)
+    assert reload(sessions, request.id).restarts == 1
+    with sessions() as session:
+        advance(session.get(ServerRequest, request.id))
+        session.commit()
+    assert reload(sessions, request.id).restarts == 0
