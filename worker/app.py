@@ -31,6 +31,7 @@ TASK_MODULES = [
     "tasks.intake",
     "tasks.webhooks",
     "tasks.preflight",
+    "tasks.strays",
 ]
 
 
@@ -71,6 +72,11 @@ def make_celery(settings: Settings) -> Celery:
                 "task": "bms.webhook_scan",
                 "schedule": settings.webhook_scan_seconds,
                 "options": {"queue": WEBHOOK_QUEUE},
+            },
+            "sweep-strays": {
+                "task": "bms.sweep_strays",
+                "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": CONTROL_QUEUE},
             },
         },
         timezone="UTC",

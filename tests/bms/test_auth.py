@@ -262,6 +262,20 @@ def test_a_revoked_token_is_refreshed_once_and_the_request_resent(iam):
     assert gate_calls == ["show"] * 3, "the re-send passes the caller's gate too"
 
 
+def test_the_resent_call_reports_its_answer_to_the_gate(iam):
+    answered: list[str] = []
+
+    def gate(api_class: str):
+        return lambda: answered.append(api_class)  # the limiter re-stamps on the answer
+
+    transport = Transport(iam.server.base_url, _token_auth(iam), timeout=(2, 5), before_call=gate)
+    transport.request("show", "GET", "/v1/p/thing")
+    iam.valid.clear()
+    transport.request("show", "GET", "/v1/p/thing")
+
+    assert answered == ["show"] * 3  # before: the re-send's answer was never reported
+
+
 def test_a_post_refused_with_401_is_resent_once_with_its_body(iam):
     transport = _transport(iam, _token_auth(iam), [])
     auth = transport.session.auth

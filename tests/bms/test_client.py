@@ -94,6 +94,24 @@ def test_attach_list_detach_volume(harness):
     assert client.list_volume_attachments(server_id) == []
 
 
+def test_a_disks_status_tells_a_running_attach_from_a_finished_one(harness):
+    client = harness.client
+    (server_id,) = create_active(harness)
+    volume = volume_id(8)
+    assert client.resources.show_volume(volume)["status"] == "available"
+
+    job_id = client.attach_volume(server_id, volume)
+    during = client.resources.show_volume(volume)
+    assert during["status"] == "attaching"  # while the attachment list already shows it
+    assert [a["volumeId"] for a in client.list_volume_attachments(server_id)] == [volume]
+    assert [a["server_id"] for a in during["attachments"]] == [server_id]
+
+    harness.wait_job(job_id)
+    assert client.resources.show_volume(volume)["status"] == "in-use"
+    with pytest.raises(NotFound):
+        client.resources.show_volume("00000000-0000-4000-8000-00000000dead")
+
+
 def test_batch_power_actions_and_delete(harness):
     client = harness.client
     server_ids = create_active(harness, count=2)

@@ -105,6 +105,7 @@ def test_a_4xx_or_429_get_is_not_retried(serve):
     with _client(server, gate_calls) as client, pytest.raises(Throttled) as caught:
         client.show_server("s-1")
     assert caught.value.retry_after == 2.0
+    assert caught.value.api_class == "show"  # the quota that ran out, for the back-off
     assert len(server.calls()) == 1
 
 
