@@ -1,11 +1,12 @@
 """Step 1: create the server, at most once.
 
 A duplicate POST makes a second, billed bare metal server, so the row records the intent and a
-marker before the POST, and the server carries the marker in its name and metadata. When a run
-finds an intent but no job id (the answer was lost: worker killed, connection dropped, or a
-second copy of this step is running), it looks the marker up in the cloud and adopts the server
-it finds instead of creating another. Markers come from a serial that never resets, so a marker
-never matches a server of an earlier attempt or retry cycle.
+marker before the POST. The server is created under its final name (no rename call) and carries
+the marker in its metadata. When a run finds an intent but no job id (the answer was lost:
+worker killed, connection dropped, or a second copy of this step is running), it lists the
+servers by name and adopts the one whose metadata holds the marker instead of creating another.
+Markers come from a serial that never resets, so a marker never matches a server of an earlier
+attempt or retry cycle.
 
 Servers this step learns of but will not use (a second match of the marker, a create answered
 after the request moved on) are queued as strays and deleted by the sweeper, never forgotten.
@@ -40,18 +41,14 @@ S = RequestState
 
 
 def marker_for(request: ServerRequest) -> str:
-    """Unique per request and create attempt ever made, short enough to ride in the name."""
+    """Unique per request and create attempt ever made."""
     return f"o{request.id.hex[:12]}a{request.create_serial}"
 
 
-def create_name(name: str, marker: str) -> str:
-    """The name the server is created with; the finalize stage renames it to ``name``."""
-    return f"{name[: 62 - len(marker)]}-{marker}"
-
-
 def create_body(request: ServerRequest) -> dict:
+    """The create body: the requested name, and the marker in the metadata."""
     body = dict(request.spec["create_body"])
-    body["name"] = create_name(request.name, request.create_marker)
+    body["name"] = request.name
     body["metadata"] = {**body["metadata"], MARKER_METADATA_KEY: request.create_marker}
     return body
 
@@ -74,28 +71,29 @@ def create_server(chain: Chain) -> Next | None:
         body = create_body(request)
         marker = request.create_marker
     if in_cloud_maybe:
-        adopted = _adopt_by_marker(chain, marker)
+        adopted = _adopt_by_marker(chain, body["name"], marker)
         if adopted is not None:
             return adopted
         _touch_intent(chain)
     return _post_create(chain, body, marker, new_attempt=not in_cloud_maybe)
 
 
-def _live_with_marker(marker: str) -> list[dict]:
+def _live_with_marker(name: str, marker: str) -> list[dict]:
+    """Live servers named like ``name`` whose metadata holds ``marker``."""
     return [
         server
-        for server in runtime().client.list_servers(name=marker).servers
+        for server in runtime().client.list_servers(name=name).servers
         if server.get("metadata", {}).get(MARKER_METADATA_KEY) == marker
         and server.get("status") != "DELETED"
     ]
 
 
-def _adopt_by_marker(chain: Chain, marker: str) -> Next | None:
+def _adopt_by_marker(chain: Chain, name: str, marker: str) -> Next | None:
     """Look for a server an earlier run created; adopt it, or wait out the listing delay.
 
     Returns what to hand on when the look-up settles the matter, ``None`` to create now.
     """
-    found = _live_with_marker(marker)
+    found = _live_with_marker(name, marker)
     wait = None
     with claim(chain) as (session, request):
         if request.create_marker != marker:

@@ -1,8 +1,9 @@
 """Steps 4-6: apply the tags, give the server its requested name, read it back, ACTIVE.
 
-Tags are replaced as a whole (one call), keeping the cloud's own ``__type_baremetal``. The
-server was created under a name carrying the create marker; the rename gives it the name the
-request asked for. Finalize reads the server once, records its addresses and ends the request.
+Tags are replaced as a whole (one call), keeping the cloud's own ``__type_baremetal``. A server
+is created under its requested name, so the rename step calls the cloud only for a server an
+earlier release created under a marker name. Finalize reads the server once, records its
+addresses and ends the request.
 A request cancelled during one of these calls is handed to cleanup when the call returns.
 """
 
@@ -18,11 +19,15 @@ S = RequestState
 
 
 def _load_stage(chain: Chain, step_before: Step | None):
-    """The row's server id and spec if this step is due; else the signature of what is."""
+    """The row's server id, spec, name and whether it needs a rename if this step is due;
+    else the signature of what is."""
     with claim(chain) as (_session, request):
         if request.state is not S.TAGGING or request.step_done is not step_before:
             return None, handoff(request)
-        return (request.server_id, request.spec, request.name), None
+        # Creates of this release use the final name (their serial is counted from 1); a
+        # server created by an earlier release carries a marker name until renamed.
+        marker_name = request.create_serial == 0
+        return (request.server_id, request.spec, request.name, marker_name), None
 
 
 def _mark_done(chain: Chain, step: Step) -> Next:
@@ -37,7 +42,7 @@ def apply_tags(chain: Chain) -> Next | None:
     loaded, skip = _load_stage(chain, None)
     if skip:
         return skip
-    server_id, spec, _name = loaded
+    server_id, spec, _name, _marker_name = loaded
     if spec["tags"]:
         runtime().client.nova.replace_tags(server_id, [*spec["tags"], BAREMETAL_TAG])
     return _mark_done(chain, Step.TAG)
@@ -48,8 +53,9 @@ def rename_server(chain: Chain) -> Next | None:
     loaded, skip = _load_stage(chain, Step.TAG)
     if skip:
         return skip
-    server_id, _spec, name = loaded
-    runtime().client.rename_server(server_id, name)
+    server_id, _spec, name, marker_name = loaded
+    if marker_name:
+        runtime().client.rename_server(server_id, name)
     return _mark_done(chain, Step.RENAME)
 
 
@@ -58,7 +64,7 @@ def finalize(chain: Chain) -> Next | None:
     loaded, skip = _load_stage(chain, Step.RENAME)
     if skip:
         return skip
-    server_id, _spec, _name = loaded
+    server_id, _spec, _name, _marker_name = loaded
     server = runtime().client.show_server(server_id)
     with claim(chain) as (session, request):
         if request.state is not S.TAGGING:

@@ -118,6 +118,7 @@ def test_chaos_ends_every_request_with_exactly_its_servers(stack_factory, sessio
         assert request.state in (S.CANCELLED, S.ACTIVE, S.FAILED)
     counters = stack.simulator.control.counters()
     assert sum(c["throttled"] for c in counters.values()) == 0
+    assert counters["update"]["calls"] == 0  # servers are created under their final names
 
 
 def requests_state_known(request) -> bool:

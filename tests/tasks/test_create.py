@@ -53,6 +53,18 @@ def test_a_create_refused_after_a_cancel_ends_quietly(bench):
     assert next_task(outcome) is None
 
 
+def test_the_server_is_created_under_its_final_name_with_the_marker_in_metadata(bench):
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", CreateResult("job-1"))
+
+    create_server(bench.chain(request_id))
+
+    ((body,),) = [args for name, args in bench.client.calls if name == "create_servers"]
+    stored = bench.get(request_id)
+    assert body["name"] == "web"
+    assert body["metadata"][MARKER_METADATA_KEY] == stored.create_marker
+
+
 def test_a_second_copy_of_a_finished_create_does_nothing(bench):
     request_id = bench.add(S.PENDING)
     message = bench.chain(request_id)

@@ -38,10 +38,9 @@ def test_a_cancel_during_tagging_goes_to_cleanup_not_to_rename(bench):
     assert bench.get(request_id).step_done is None
 
 
-def test_the_stage_runs_in_order_and_ends_active(bench):
-    request_id = tagging(bench)
+def test_the_stage_runs_in_order_and_ends_active_with_no_rename_call(bench):
+    request_id = bench.add(S.TAGGING, server_id="srv-1", create_serial=1)
     bench.client.on("replace_tags", None)
-    bench.client.on("rename_server", {})
     bench.client.on("show_server", {"id": "srv-1", "status": "ACTIVE", "addresses": {"n": []}})
 
     assert next_task(apply_tags(bench.chain(request_id))) == "bms.rename_server"
@@ -52,6 +51,16 @@ def test_the_stage_runs_in_order_and_ends_active(bench):
     assert stored.state is S.ACTIVE and stored.addresses == {"n": []}
     tags_sent = bench.client.calls[0][1][1]
     assert tags_sent == ["t1", "__type_baremetal"]
+    assert bench.client.count("rename_server") == 0  # created under its final name
+
+
+def test_a_server_created_by_the_earlier_release_is_still_renamed(bench):
+    request_id = bench.add(S.TAGGING, server_id="srv-1", step_done=Step.TAG, create_serial=0)
+    bench.client.on("rename_server", {})
+
+    rename_server(bench.chain(request_id))
+
+    assert bench.client.calls == [("rename_server", ("srv-1", "web"))]
 
 
 def test_a_tag_step_delivered_twice_tags_once(bench):
