@@ -1,8 +1,9 @@
 """Step bodies called directly, with a stub cloud client: the unit tests' harness.
 
-A step task's body is ``task.run.__wrapped__`` (the wrapper keeps it with ``functools.wraps``);
-calling it runs the step's transactions on a migrated database and its cloud calls on the stub,
-and hands back the ``Next`` it would send (nothing is sent).
+``step_task`` returns the plain step function; ``body(step)`` calls it the way the task's
+message does (``request_id=..., fence=...``). It runs the step's transactions on a migrated
+database and its cloud calls on the stub, and hands back the ``Next`` it would send (nothing is
+sent). ``tests/tasks/stepkit.py`` is the fuller bench (scripted answers, interleavings).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from models.db import session_scope
+from tasks.base import Chain
 from worker.runtime import Runtime, use_runtime
 from worker.settings import Settings
 
@@ -61,9 +63,13 @@ class StubClient:
         return [args for name, args in self.calls if name == method]
 
 
-def body(task) -> Callable[..., Any]:
-    """The plain step function behind a step task."""
-    return task.run.__wrapped__
+def body(step) -> Callable[..., Any]:
+    """Call ``step`` with a message's arguments."""
+
+    def call(*, request_id: str, fence: int) -> Any:
+        return step(Chain(request_id, fence))
+
+    return call
 
 
 @pytest.fixture
