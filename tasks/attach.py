@@ -166,7 +166,7 @@ def _refused(chain: Chain, target: tuple, exc: BadRequest | Conflict) -> Next | 
             return _attach_refused(session, request, attachment, exc.error_code, exc.message or "")
         wait = first_poll(JobKind.ATTACH)
         advance(request)
-    raise Wait(wait, f"attach refused: {exc.error_code}")
+    raise Wait(wait, f"attach refused: {exc.error_code}", progress=False)
 
 
 def _attach_refused(session, request: ServerRequest, attachment, code, reason: str) -> Next:

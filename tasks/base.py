@@ -65,10 +65,17 @@ class StaleChain(Exception):
 
 @dataclass
 class Wait(Exception):
-    """Run this step again after ``seconds`` (a poll, a backoff); not a failure."""
+    """Run this step again after ``seconds`` (a poll, a backoff); not a failure.
+
+    ``progress``: the wait follows a call that moved things on (a job seen running), so the
+    transient errors counted before it are forgiven. A wait that only gives the cloud time (a
+    look-up that found nothing yet) keeps the count, so that an error that never clears still
+    ends the request.
+    """
 
     seconds: float
     reason: str = ""
+    progress: bool = True
 
 
 @dataclass
@@ -208,8 +215,7 @@ def step_task(name: str, step: Step) -> Callable:
                 runtime().limiter.back_off(exc.api_class or api_class, exc.retry_after)
                 raise retry(transient_errors, exc.retry_after or 5.0) from None
             except Wait as exc:
-                # A wait follows a call that worked: scattered errors before it are forgiven.
-                raise retry(0, exc.seconds) from None
+                raise retry(0 if exc.progress else transient_errors, exc.seconds) from None
             except CloudError as exc:
                 if not exc.transient or transient_errors >= MAX_TRANSIENT_ERRORS:
                     _end_step(chain, step, error_code_of(exc), str(exc))

@@ -111,7 +111,7 @@ def _adopt_by_marker(chain: Chain, name: str, marker: str) -> Next | None:
             record_note(session, request, f"no server with marker {marker}: nothing to delete")
             return handoff(request)
     if wait is not None:
-        raise Wait(wait, "create may still appear")
+        raise Wait(wait, "create may still appear", progress=False)
     log.info("%s: marker %s not found after the grace period, creating", chain.request_id, marker)
     return None
 

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from bms.client import ServerPage
 from bms.exceptions import Throttled
 from models.base import utcnow
 from models.records import transition
@@ -188,3 +189,15 @@ def test_a_cancel_during_a_claim_is_not_overwritten_by_the_step(bench):
     assert stored.state is S.CANCELLED
     states = [to for _f, to, _d in bench.events(request_id)]
     assert states[-2:] == ["BUILDING", "CANCELLED"]
+
+
+def test_a_create_5xx_that_never_clears_still_ends_the_request(bench, retries):
+    """Grace waits between 5xx answers do not forgive them: the budget runs out."""
+    request_id = bench.add(S.CREATING, attempt=1, create_marker="m1", create_intent_at=utcnow())
+    bench.settings.create_lookup_grace_seconds = 60  # a server may not be listed yet
+    bench.client.on("list_servers", ServerPage([], 0))  # the marker is not found (yet)
+
+    with pytest.raises(RuntimeError, match="re-run scheduled"):
+        run_task(create_server, request_id, bench.get(request_id).fence, transient_errors=4)
+
+    assert retries[0][1] == 4  # kept, not forgiven: a 5xx that never clears still ends it
