@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import batches, errors, health, metrics, openapi, server_requests, webhooks
+from api import batches, errors, health, metrics, openapi, server_requests, ui, webhooks
 from api.auth import require_token
 from models.db import make_engine, make_session_factory
 from worker.app import TASK_MODULES
@@ -23,7 +24,8 @@ DESCRIPTION = """
 Submit batches of bare metal servers to provision, follow them, cancel and retry them.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <BMS_API_TOKEN>` when
-the token is set. Every 422 answers `{"detail": [{"field", "message"}]}`, naming each bad field.
+the token is set (or the dashboard's session cookie, with `X-BMS-CSRF` to change anything).
+Prometheus metrics are at `/metrics`; the dashboard is at `/ui`. Every 422 answers `{"detail": [{"field", "message"}]}`, naming each bad field.
 """
 
 
@@ -71,5 +73,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.include_router(server_requests.router, dependencies=protected)
     app.include_router(webhooks.router, dependencies=protected)
     app.include_router(metrics.router, dependencies=protected)
+    # The dashboard: its own auth (the token, or the session cookie made from it).
+    app.include_router(ui.router)
+    app.include_router(ui.pages)
+    app.add_exception_handler(ui.LoginRequired, ui.login_required)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     openapi.install(app)
     return app

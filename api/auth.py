@@ -1,14 +1,19 @@
-"""Bearer-token auth: when ``BMS_API_TOKEN`` is set, every protected route needs it."""
+"""Bearer-token auth: when ``BMS_API_TOKEN`` is set, every protected route needs it.
+
+The dashboard's session cookie (``api/session.py``) is accepted as well: it is derived from the
+same token, so the API and the dashboard have one credential.
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import AppSettings
+from api.session import cookie_ok
 
 # auto_error=False: a missing header gets our 401 (FastAPI's own would be a 403), and only when
 # a token is configured at all.
@@ -16,6 +21,7 @@ bearer = HTTPBearer(auto_error=False, description="The value of BMS_API_TOKEN.")
 
 
 def require_token(
+    request: Request,
     settings: AppSettings,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
@@ -25,7 +31,9 @@ def require_token(
         return
     given = credentials.credentials if credentials else ""
     # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not hmac.compare_digest(given.encode(), expected.encode()) and not (
+        credentials is None and cookie_ok(request, expected)
+    ):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or invalid bearer token",

@@ -44,13 +44,13 @@ class OrchestratorCollector:
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._redis = None
-        self._limiter = None
+        self.redis = None
+        self.limiter = None
         if settings.redis_url:
-            self._redis = redis.Redis.from_url(
+            self.redis = redis.Redis.from_url(
                 settings.redis_url, socket_timeout=2, socket_connect_timeout=2
             )
-            self._limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items)
+            self.limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items)
         self._extra_sql = []
 
     def add_sql_families(self, build) -> None:
@@ -61,8 +61,8 @@ class OrchestratorCollector:
         yield from self._sql_families()
         up = GaugeMetricFamily("bms_redis_up", "1 when Redis answered this scrape.")
         try:
-            families = list(self._redis_families()) if self._redis is not None else []
-            up.add_metric([], 1 if self._redis is not None else 0)
+            families = list(self._redis_families()) if self.redis is not None else []
+            up.add_metric([], 1 if self.redis is not None else 0)
         except redis.RedisError as exc:
             log.warning("metrics: Redis unreachable: %s", exc)
             families = []
@@ -94,7 +94,7 @@ class OrchestratorCollector:
     # -- Redis ----------------------------------------------------------------------------
 
     def _redis_families(self):
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for key in (
             keys.CALLS,
             keys.LIMITER_WAITS,
@@ -164,7 +164,7 @@ class OrchestratorCollector:
             "Seconds left of the pause after the cloud's 429, per API class.",
             labels=["api_class"],
         )
-        for api_class, usage in self._limiter.usage().items():
+        for api_class, usage in self.limiter.usage().items():
             used.add_metric([api_class], usage.used)
             limit.add_metric([api_class], usage.limit)
             paused.add_metric([api_class], usage.paused_seconds)
