@@ -25,7 +25,9 @@ Submit batches of bare metal servers to provision, follow them, cancel and retry
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <BMS_API_TOKEN>` when
 the token is set (or the dashboard's session cookie, with `X-BMS-CSRF` to change anything).
-Prometheus metrics are at `/metrics`; the dashboard is at `/ui`. Every 422 answers `{"detail": [{"field", "message"}]}`, naming each bad field.
+Every 422 answers `{"detail": [{"field", "message"}]}`, naming each bad field.
+
+Prometheus metrics are at `/metrics`; the dashboard is at `/ui`.
 """
 
 

@@ -158,6 +158,7 @@ class EmbeddedStack:
         base = f"http://{self.settings.api_host}:{port}"
         _wait_http(f"{base}/healthz", child)
         self.addresses["api"] = f"{base}  (docs: {base}/docs)"
+        self.addresses["dashboard"] = f"{base}/ui"
 
     def _port(self, wanted: int | None, default: int) -> int:
         if wanted is None:

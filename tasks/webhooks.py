@@ -1,8 +1,10 @@
 """Webhook delivery: find completed batches, POST each event signed, retry for up to 24 hours.
 
-Everything runs on the ``bms.webhook`` queue, consumed by workers of its own: a receiver that
-is slow or down costs webhook slots only, never a provisioning step. Messages carry a delivery
-id and nothing else; the task reads the URL and the secret from the database.
+Deliveries run on the ``bms.webhook`` queue, consumed by workers of their own: a receiver that
+is slow or down costs webhook slots only, never a provisioning step. The scan runs on
+``bms.control``, so that it is never queued behind attempts waiting on a dead receiver.
+Messages carry a delivery id and nothing else; the task reads the URL and the secret from the
+database.
 
 - ``bms.webhook_scan`` (beat): a batch with a ``notify`` whose requests have all settled gets
   its ``batch.completed`` delivery (once per completion: a retried batch completes again), and

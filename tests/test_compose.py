@@ -50,3 +50,21 @@ def test_every_command_exists():
         elif command[0] == "python":
             assert command[1] == "-m" and command[2] in ("api", "simulator"), name
             assert (COMPOSE.parent / command[2] / "__main__.py").exists()
+
+
+def test_prometheus_scrapes_the_api_with_the_token_from_a_file():
+    prometheus = services()["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    config = yaml.safe_load((COMPOSE.parent / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["api:8000"]}]
+    token_file = job["authorization"]["credentials_file"]
+    # The token reaches Prometheus through its environment and a file, never its config.
+    assert token_file in " ".join(prometheus["entrypoint"])
+    assert "BMS_API_TOKEN" in prometheus["environment"]
+
+
+def test_webhooks_have_workers_of_their_own():
+    command = services()["worker-webhooks"]["command"]
+    assert command[command.index("--queues") + 1] == "bms.webhook"

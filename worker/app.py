@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.queues import CONTROL_QUEUE, TASK_ROUTES, WEBHOOK_QUEUE, declare_queues
+from worker.queues import CONTROL_QUEUE, TASK_ROUTES, declare_queues
 from worker.settings import Settings, get_settings
 
 #: Longest countdown any task asks for (poll ceilings and throttle waits stay under it).
@@ -71,7 +71,7 @@ def make_celery(settings: Settings) -> Celery:
             "webhook-scan": {
                 "task": "bms.webhook_scan",
                 "schedule": settings.webhook_scan_seconds,
-                "options": {"queue": WEBHOOK_QUEUE},
+                "options": {"queue": CONTROL_QUEUE},
             },
             "sweep-strays": {
                 "task": "bms.sweep_strays",

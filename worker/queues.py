@@ -49,6 +49,7 @@ TASK_ROUTES = {name: {"queue": queue_of(api)} for name, api in TASK_API_CLASSES.
     "bms.reconcile": {"queue": CONTROL_QUEUE},
     "bms.submit_batch": {"queue": CONTROL_QUEUE},
     "bms.deliver_webhook": {"queue": WEBHOOK_QUEUE},
-    "bms.webhook_scan": {"queue": WEBHOOK_QUEUE},
     "bms.start_batch": {"queue": CONTROL_QUEUE},
+    # The scan only reads the database and sends messages: never stuck behind a slow receiver.
+    "bms.webhook_scan": {"queue": CONTROL_QUEUE},
 }
