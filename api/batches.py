@@ -19,15 +19,21 @@ from api.schemas import (
     BatchRetried,
     InvalidRequest,
     Problem,
+    RequestRef,
     SubmittedBatch,
 )
 from models.db import session_scope
 from models.records import BatchSource
 from models.spec import SpecError, parse_batch
+from models.states import RequestState
 from tasks import control
 from tasks.intake import submit
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+#: Requests per page of ``GET /v1/batches/{id}``: by default, and at most.
+DEFAULT_PAGE = 500
+MAX_PAGE = 1000
 
 NOT_FOUND = {404: {"model": Problem, "description": "No batch has this id."}}
 INVALID = {422: {"model": InvalidRequest, "description": "Each bad field, named by its path."}}
@@ -103,8 +109,9 @@ def submit_batch(
     ] = False,
 ) -> SubmittedBatch:
     """The batch format of ``examples/batch.yaml``, as JSON: ``name``, optional ``defaults``
-    merged into every server, and ``servers``. Answers **202** with one request per server
-    (``count`` expanded), all PENDING, their chains already sent to the workers.
+    merged into every server, and ``servers``. Answers **202** once the batch is stored, with
+    one request per server (``count`` expanded), all PENDING, and ``total``, how many were
+    stored. The workers send their chains right after, in chunks (``bms.dispatch_batch``).
 
     With an ``Idempotency-Key`` already used, nothing is created: the answer is **200** with the
     first batch's id and requests (their states as they are now), whatever this body holds.
@@ -124,8 +131,14 @@ def submit_batch(
     submitted = submit(sessions, spec, BatchSource.API, idempotency_key)
     if not submitted.created:
         response.status_code = status.HTTP_200_OK
-    with session_scope(sessions) as session:
-        return queries.submitted_batch(session, submitted.batch_id, submitted.request_ids)
+        with session_scope(sessions) as session:
+            return queries.submitted_batch(session, submitted.batch_id)
+    pending = RequestState.PENDING
+    refs = [
+        RequestRef(id=request_id, name=name, state=pending)
+        for request_id, name in zip(submitted.request_ids, submitted.names, strict=True)
+    ]
+    return SubmittedBatch(batch_id=submitted.batch_id, requests=refs, total=submitted.total)
 
 
 @router.get("", response_model=BatchPage, summary="List batches, newest first", responses=INVALID)
@@ -145,10 +158,28 @@ def list_batches(
     summary="Read a batch and its requests",
     responses={**NOT_FOUND, **INVALID},
 )
-def read_batch(batch_id: uuid.UUID, sessions: Sessions) -> BatchDetail:
-    """Name, source, creation time, requests counted per state, and each request's state."""
+def read_batch(
+    batch_id: uuid.UUID,
+    sessions: Sessions,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE, description="Requests per page, in submission order.")
+    ] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=32, description="The `next_cursor` of the page before; none: the first."),
+    ] = None,
+) -> BatchDetail:
+    """Name, source, creation time, requests counted per state (all of them), and one page of
+    the requests with each one's state. ``next_cursor`` reads the next page; it is null on the
+    last one."""
+    after = None
+    if cursor is not None:
+        try:
+            after = queries.decode_cursor(cursor)
+        except ValueError:
+            raise InvalidFields([("cursor", "not a next_cursor of this route")]) from None
     with session_scope(sessions) as session:
-        detail = queries.batch_detail(session, batch_id)
+        detail = queries.batch_detail(session, batch_id, limit, after)
     if detail is None:
         raise _not_found(batch_id)
     return detail

@@ -71,13 +71,40 @@ def batch_page(session: Session, limit: int, offset: int) -> BatchPage:
     return BatchPage(items=items, total=total, limit=limit, offset=offset)
 
 
-def batch_detail(session: Session, batch_id: uuid.UUID) -> BatchDetail | None:
-    batch = session.get(Batch, batch_id, options=[selectinload(Batch.requests)])
+#: The columns of a request as listed in its batch (never its spec).
+_ROW_COLUMNS = tuple(getattr(ServerRequest, name) for name in RequestRow.model_fields)
+
+
+def batch_detail(
+    session: Session, batch_id: uuid.UUID, limit: int, after: int | None = None
+) -> BatchDetail | None:
+    """The batch, its counts, and up to ``limit`` of its requests from position ``after + 1``
+    (keyset paging on the batch's ``(batch_id, position)`` index)."""
+    batch = session.get(Batch, batch_id)
     if batch is None:
         return None
     counts = state_counts(session, [batch.id])[batch.id]
-    rows = [RequestRow.model_validate(r, from_attributes=True) for r in batch.requests]
-    return BatchDetail(**_summary(batch, counts), requests=rows)
+    query = select(*_ROW_COLUMNS).where(ServerRequest.batch_id == batch_id)
+    if after is not None:
+        query = query.where(ServerRequest.position > after)
+    rows = session.execute(query.order_by(ServerRequest.position).limit(limit + 1)).all()
+    next_cursor = encode_cursor(rows[limit - 1].position) if len(rows) > limit else None
+    requests = [RequestRow(**row._mapping) for row in rows[:limit]]
+    return BatchDetail(
+        **_summary(batch, counts), requests=requests, limit=limit, next_cursor=next_cursor
+    )
+
+
+def encode_cursor(position: int) -> str:
+    """The cursor of the page after the request at ``position``."""
+    return str(position)
+
+
+def decode_cursor(cursor: str) -> int:
+    """The position a cursor continues after; :class:`ValueError` if it is not one."""
+    if not cursor.isdigit() or len(cursor) > 9:
+        raise ValueError(cursor)
+    return int(cursor)
 
 
 def batch_request_ids(session: Session, batch_id: uuid.UUID) -> list[uuid.UUID] | None:
@@ -88,14 +115,15 @@ def batch_request_ids(session: Session, batch_id: uuid.UUID) -> list[uuid.UUID] 
     return list(session.scalars(query.order_by(ServerRequest.position)))
 
 
-def submitted_batch(
-    session: Session, batch_id: uuid.UUID, request_ids: list[uuid.UUID]
-) -> SubmittedBatch:
-    """The answer to a submission, with each request's state as it is now."""
-    requests = session.scalars(select(ServerRequest).where(ServerRequest.id.in_(request_ids)))
-    by_id = {r.id: r for r in requests}
-    refs = [RequestRef.model_validate(by_id[i], from_attributes=True) for i in request_ids]
-    return SubmittedBatch(batch_id=batch_id, requests=refs)
+def submitted_batch(session: Session, batch_id: uuid.UUID) -> SubmittedBatch:
+    """The answer to a replayed submission, with each request's state as it is now."""
+    rows = session.execute(
+        select(ServerRequest.id, ServerRequest.name, ServerRequest.state)
+        .where(ServerRequest.batch_id == batch_id)
+        .order_by(ServerRequest.position)
+    ).all()
+    refs = [RequestRef(id=r.id, name=r.name, state=r.state) for r in rows]
+    return SubmittedBatch(batch_id=batch_id, requests=refs, total=len(refs))
 
 
 def request_ref(session: Session, request_id: uuid.UUID) -> RequestRef | None:

@@ -48,10 +48,15 @@ class RequestRef(BaseModel):
 
 
 class SubmittedBatch(BaseModel):
-    """The answer to a submission: the batch and its requests, one per server to provision."""
+    """The answer to a submission: the batch and its requests, one per server to provision.
+
+    The batch is stored when this answer is sent; its chains are sent afterwards, in chunks,
+    by the workers (``bms.dispatch_batch``)."""
 
     batch_id: uuid.UUID
     requests: list[RequestRef]
+    #: How many requests were stored.
+    total: int
 
 
 class RequestRow(RequestRef):
@@ -88,9 +93,15 @@ class BatchPage(BaseModel):
 
 
 class BatchDetail(BatchSummary):
-    """A batch, its counts, and its requests in submission order."""
+    """A batch, its counts, and one page of its requests in submission order.
+
+    ``next_cursor``, passed as ``cursor``, reads the page after this one; it is null on the
+    last page. Pages follow the submission order, so a request changing state between two
+    reads is still listed exactly once."""
 
     requests: list[RequestRow]
+    limit: int
+    next_cursor: str | None
 
 
 class AttachmentView(BaseModel):

@@ -82,8 +82,17 @@ class ApiClient:
     def batches(self, limit: int = 50) -> dict:
         return self._call("GET", "/v1/batches", params={"limit": limit})
 
-    def batch(self, batch_id: str) -> dict:
-        return self._call("GET", f"/v1/batches/{batch_id}")
+    def batch(self, batch_id: str, limit: int | None = None) -> dict:
+        """The batch with its counts; with ``limit``, that many requests (one page), else
+        every request (each page in turn)."""
+        path = f"/v1/batches/{batch_id}"
+        if limit is not None:
+            return self._call("GET", path, params={"limit": limit})
+        view = self._call("GET", path)
+        while view["next_cursor"] is not None:
+            page = self._call("GET", path, params={"cursor": view["next_cursor"]})
+            view = {**page, "requests": view["requests"] + page["requests"]}
+        return view
 
     def request(self, request_id: str) -> dict:
         return self._call("GET", f"/v1/requests/{request_id}")

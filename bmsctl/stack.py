@@ -123,6 +123,10 @@ class EmbeddedStack:
 
     def _start_workers(self) -> None:
         concurrency = self.options.worker_concurrency
+        if self.options.with_flower:
+            # Flower shows what the workers' task events tell it: have them sent from the
+            # first task on (Flower alone would turn them on only within its first seconds).
+            self.env["BMS_TASK_EVENTS"] = "true"
         self._spawn("worker-cloud", worker_argv("cloud", CLOUD_QUEUES, concurrency))
         self._spawn("worker-control", worker_argv("control", [CONTROL_QUEUE], 1))
         # Webhooks on workers of their own: a slow receiver never holds a provisioning slot.

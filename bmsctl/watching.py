@@ -95,7 +95,8 @@ def watch(
     """Follow the batch until ``progress_of`` says done; returns the last view."""
     started = time.monotonic()
     quotas = quotas_per_second()
-    batch = client.batch(batch_id)
+    # Counts are all the bar needs: one request per poll, however large the batch.
+    batch = client.batch(batch_id, limit=1)
     shown = None
     with _Bar(console, batch["name"]) as bar:
         while True:
@@ -107,11 +108,11 @@ def watch(
                 bar.update(done, total, view[2], eta)
                 shown = view
             if done >= total:
-                return batch
+                return client.batch(batch_id)  # every request, for the summary
             if timeout is not None and elapsed > timeout:
                 raise TimeoutError(f"batch {batch_id} not finished after {timeout:.0f}s")
             time.sleep(0.5)
-            batch = client.batch(batch_id)
+            batch = client.batch(batch_id, limit=1)
 
 
 class _Bar:

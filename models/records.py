@@ -10,11 +10,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, ColumnElement, Enum, ForeignKey, Index, String, Text, or_
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, Timestamped, cloud_id, utcnow, uuid_pk
-from models.states import RequestState, Step, check_transition
+from models.states import IN_FLIGHT_STATES, RequestState, Step, check_transition
 
 
 def _enum(enum_class: type[enum.Enum]) -> Enum:
@@ -50,12 +50,22 @@ class Batch(Timestamped, Base):
     """A set of server requests submitted together."""
 
     __tablename__ = "batches"
+    __table_args__ = (
+        # GET /v1/batches: newest first, the id breaking ties.
+        Index(None, "created_at", "id"),
+    )
 
     id: Mapped[uuid_pk]
     name: Mapped[str] = mapped_column(String(64))
     source: Mapped[BatchSource] = mapped_column(_enum(BatchSource))
     #: Given by the submitter; a resubmission with the same key returns this batch.
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    #: How many requests the batch has (stored with them, in the same transaction).
+    request_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: Dispatch watermark: the requests at positions below it have had their chains sent.
+    #: ``bms.dispatch_batch`` moves it chunk by chunk; the batch reconciler finishes the job
+    #: of a dispatch that died.
+    dispatched_position: Mapped[int] = mapped_column(default=0, server_default="0")
 
     requests: Mapped[list[ServerRequest]] = relationship(
         back_populates="batch", order_by="ServerRequest.position"
@@ -69,6 +79,8 @@ class ServerRequest(Timestamped, Base):
     __table_args__ = (
         Index(None, "batch_id", "position"),
         Index(None, "state", "updated_at"),
+        # Counts per state of a batch, from the index alone.
+        Index(None, "batch_id", "state"),
     )
 
     id: Mapped[uuid_pk]
@@ -124,6 +136,28 @@ class ServerRequest(Timestamped, Base):
     )
 
 
+def watched_clause() -> ColumnElement[bool]:
+    """Requests the reconciler watches: unfinished, or with a server left to delete, or a
+    cancelled create still in flight. One definition for its query and its partial index, so
+    that the index's predicate is the query's own."""
+    S = RequestState
+    return or_(
+        ServerRequest.state.in_(sorted(IN_FLIGHT_STATES)),
+        ServerRequest.cleanup_server_id.is_not(None),
+        (ServerRequest.state == S.CANCELLED)
+        & (ServerRequest.job_id.is_not(None) | ServerRequest.create_intent_at.is_not(None)),
+    )
+
+
+#: The reconciler's query walks only the watched requests, oldest update first.
+Index(
+    "ix_server_requests_watched_updated_at",
+    ServerRequest.updated_at,
+    postgresql_where=watched_clause(),
+    sqlite_where=watched_clause(),
+)
+
+
 class VolumeAttachment(Timestamped, Base):
     """An existing cloud disk to attach to the request's server, one at a time, in order."""
 
@@ -146,6 +180,15 @@ class VolumeAttachment(Timestamped, Base):
     intent_at: Mapped[datetime | None]
 
     request: Mapped[ServerRequest] = relationship(back_populates="attachments")
+
+
+#: The batch reconciler's query: batches whose dispatch has not reached their last request.
+Index(
+    "ix_batches_undispatched_updated_at",
+    Batch.updated_at,
+    postgresql_where=Batch.dispatched_position < Batch.request_count,
+    sqlite_where=Batch.dispatched_position < Batch.request_count,
+)
 
 
 class CloudJob(Timestamped, Base):

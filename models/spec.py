@@ -363,7 +363,12 @@ class BatchSpec(SpecModel):
         return {**data, "servers": merged}
 
     def expand(self) -> list[ExpandedServer]:
-        """One entry per server to provision: ``count`` becomes N entries named like the API."""
+        """One entry per server to provision: ``count`` becomes N entries named like the API.
+
+        The entries of one ``count`` share the nested values of their create body (each has a
+        top-level dict of its own): they are values to store, not to change in place. A deep
+        copy per entry was most of the intake's time for 10,000 servers.
+        """
         expanded = []
         for server in self.servers:
             body = server.create_body()
@@ -373,7 +378,7 @@ class BatchSpec(SpecModel):
                 expanded.append(
                     ExpandedServer(
                         name=name,
-                        create_body={**copy.deepcopy(body), "name": name},
+                        create_body={**body, "name": name},
                         attach_volumes=volumes,
                         tags=list(server.tags),
                     )

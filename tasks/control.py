@@ -19,12 +19,12 @@ from datetime import datetime, timedelta
 
 from celery import shared_task
 from kombu.exceptions import OperationalError
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from models.base import utcnow
 from models.db import session_scope
-from models.records import AttachmentState, ServerRequest, transition
+from models.records import AttachmentState, ServerRequest, transition, watched_clause
 from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
 from tasks.base import give_up
 from tasks.plan import STEP_OF_TASK, next_signature, next_task_name
@@ -104,13 +104,8 @@ def _end_stalled(session: Session, request: ServerRequest) -> None:
 def stalled_request_ids(session: Session, idle_seconds: float) -> list[uuid.UUID]:
     """Unfinished requests, or ones with a server left to delete, idle for ``idle_seconds``."""
     cutoff = utcnow() - timedelta(seconds=idle_seconds)
-    unfinished = or_(
-        ServerRequest.state.in_(IN_FLIGHT_STATES),
-        ServerRequest.cleanup_server_id.is_not(None),
-        (ServerRequest.state == S.CANCELLED)
-        & (ServerRequest.job_id.is_not(None) | ServerRequest.create_intent_at.is_not(None)),
-    )
-    query = select(ServerRequest.id).where(unfinished, ServerRequest.updated_at < cutoff)
+    # watched_clause() is also the predicate of the partial index this query walks.
+    query = select(ServerRequest.id).where(watched_clause(), ServerRequest.updated_at < cutoff)
     return list(session.scalars(query.order_by(ServerRequest.updated_at).limit(1000)))
 
 

@@ -2,29 +2,35 @@
 
 Shared by the REST API, the command line and the ``bms.submit_batch`` task, so that a batch is
 stored the same way whichever door it came through: all of it or nothing, and once per
-idempotency key.
+idempotency key. Storing is one transaction of a fixed number of statements whatever the
+batch's size (one bulk insert per table). The rest is the workers': ``bms.start_batch`` runs
+the preflight, then ``bms.dispatch_batch`` sends the chains in chunks (``tasks.batch_dispatch``),
+so that the answer waits for neither.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import shared_task
-from sqlalchemy import select
+from sqlalchemy import insert, literal, null, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.base import utcnow
 from models.db import session_scope
 from models.records import (
+    AttachmentState,
     Batch,
     BatchSource,
+    Event,
     ServerRequest,
     VolumeAttachment,
-    record_creation,
 )
 from models.spec import BatchSpec, SpecError, parse_batch
+from models.states import RequestState
 from models.webhooks import WebhookTarget
 from tasks.preflight import send_start
 from worker.runtime import runtime
@@ -35,15 +41,27 @@ class Submitted:
     batch_id: uuid.UUID
     request_ids: list[uuid.UUID]
     created: bool  # False: an earlier submission with the same idempotency key
+    #: The requests' names, in the order of ``request_ids``.
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """How many requests the batch has."""
+        return len(self.request_ids)
 
 
 def _existing(session: Session, idempotency_key: str | None) -> Submitted | None:
     if not idempotency_key:
         return None
-    batch = session.scalar(select(Batch).where(Batch.idempotency_key == idempotency_key))
-    if batch is None:
+    batch_id = session.scalar(select(Batch.id).where(Batch.idempotency_key == idempotency_key))
+    if batch_id is None:
         return None
-    return Submitted(batch.id, [r.id for r in batch.requests], created=False)
+    rows = session.execute(
+        select(ServerRequest.id, ServerRequest.name)
+        .where(ServerRequest.batch_id == batch_id)
+        .order_by(ServerRequest.position)
+    ).all()
+    return Submitted(batch_id, [r.id for r in rows], created=False, names=[r.name for r in rows])
 
 
 def store_batch(
@@ -52,37 +70,105 @@ def store_batch(
     source: BatchSource,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Add the batch and one request per server to ``session`` (the caller commits)."""
+    """Add the batch, one request per server and their first events to ``session``'s
+    transaction (the caller commits): one statement per table, ids made here."""
     existing = _existing(session, idempotency_key)
     if existing is not None:
         return existing
-    batch = Batch(name=spec.name, source=source, idempotency_key=idempotency_key)
-    session.add(batch)
-    session.flush()  # the batch id, for the requests
+    servers = spec.expand()
+    now = utcnow()
+    batch_id = uuid.uuid4()
+    session.execute(
+        insert(Batch.__table__),
+        [
+            {
+                "id": batch_id,
+                "name": spec.name,
+                "source": source,
+                "idempotency_key": idempotency_key,
+                "request_count": len(servers),
+                "dispatched_position": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        ],
+    )
     if spec.notify is not None:
         session.add(
             WebhookTarget(
-                batch_id=batch.id,
+                batch_id=batch_id,
                 url=spec.notify.url,
                 secret=spec.notify.secret,
                 request_events=spec.notify.request_events,
             )
         )
+    request_ids = [uuid.uuid4() for _ in servers]
     requests = []
-    for position, server in enumerate(spec.expand()):
-        request = ServerRequest(
-            batch_id=batch.id, position=position, name=server.name, spec=server.model_dump()
+    attachments = []
+    for position, (request_id, server) in enumerate(zip(request_ids, servers, strict=True)):
+        requests.append(_request_row(batch_id, request_id, position, server, now))
+        attachments.extend(
+            _attachment_row(request_id, index, volume, now)
+            for index, volume in enumerate(server.attach_volumes)
         )
-        request.attachments = [
-            VolumeAttachment(position=i, volume_id=v["volume_id"], device=v.get("device"))
-            for i, v in enumerate(server.attach_volumes)
-        ]
-        session.add(request)
-        requests.append(request)
-    session.flush()  # request ids, for their first events
-    for request in requests:
-        record_creation(session, request, detail=f"submitted via {source.value}")
-    return Submitted(batch.id, [r.id for r in requests], created=True)
+    session.execute(insert(ServerRequest.__table__), requests)
+    if attachments:
+        session.execute(insert(VolumeAttachment.__table__), attachments)
+    _record_creations(session, batch_id, f"submitted via {source.value}", now)
+    return Submitted(batch_id, request_ids, created=True, names=[s.name for s in servers])
+
+
+def _request_row(batch_id, request_id, position, server, now) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "batch_id": batch_id,
+        "position": position,
+        "name": server.name,
+        # What ServerRequest.spec always held: ExpandedServer.model_dump(), field by field.
+        "spec": {
+            "name": server.name,
+            "create_body": server.create_body,
+            "attach_volumes": server.attach_volumes,
+            "tags": server.tags,
+        },
+        "state": RequestState.PENDING,
+        "attempt": 0,
+        "fence": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _attachment_row(request_id, position, volume, now) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "position": position,
+        "volume_id": volume["volume_id"],
+        "device": volume.get("device"),
+        "state": AttachmentState.PENDING,
+        "attempt": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _record_creations(session: Session, batch_id: uuid.UUID, detail: str, now) -> None:
+    """Each request's first event (``None -> PENDING``), in one statement run by the database."""
+    events = Event.__table__
+    rows = (
+        select(
+            ServerRequest.id,
+            null(),
+            literal(RequestState.PENDING, events.c.to_state.type),
+            literal(now, events.c.at.type),
+            literal(detail, events.c.detail.type),
+        )
+        .where(ServerRequest.batch_id == batch_id)
+        .order_by(ServerRequest.position)
+    )
+    session.execute(
+        insert(events).from_select(["request_id", "from_state", "to_state", "at", "detail"], rows)
+    )
 
 
 def submit(
@@ -91,8 +177,8 @@ def submit(
     source: BatchSource,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Store the batch in one transaction, then start it: ``bms.start_batch`` runs its
-    preflight and dispatches its requests."""
+    """Store the batch in one transaction, then send ``bms.start_batch``: it runs the batch's
+    preflight and hands the dispatch of its requests on to ``bms.dispatch_batch``."""
     try:
         with session_scope(sessions) as session:
             submitted = store_batch(session, spec, source, idempotency_key)
@@ -103,6 +189,7 @@ def submit(
         if submitted is None:
             raise
     if submitted.created:
+        # With the broker unreachable the batch stays stored: the batch reconciler starts it.
         send_start(submitted.batch_id)
     return submitted
 
@@ -117,8 +204,9 @@ def submit_batch(
 
     ``notify`` (``{url, secret?, request_events?}``) is the batch's ``notify``, given apart; a
     sender that passes a secret should also pass ``kwargsrepr`` so that Flower does not show it.
-    Returns ``{"batch_id", "request_ids", "created"}``, or ``{"errors": [[field, message]]}``
-    when the batch does not validate (nothing is stored then).
+    Returns ``{"batch_id", "request_ids", "total", "created"}`` once the batch is stored (its
+    chains are sent afterwards, by ``bms.dispatch_batch``), or ``{"errors": [[field,
+    message]]}`` when the batch does not validate (nothing is stored then).
     """
     if notify is not None and isinstance(batch, dict):
         batch = {**batch, "notify": notify}
@@ -130,5 +218,6 @@ def submit_batch(
     return {
         "batch_id": str(submitted.batch_id),
         "request_ids": [str(r) for r in submitted.request_ids],
+        "total": submitted.total,
         "created": submitted.created,
     }

@@ -19,7 +19,8 @@ for the caller to try again later.
 
 :func:`preflight_batch` is the hook of intake: it runs the preflight of a stored batch whose
 requests were never dispatched, and FAILs all of them, each with its reasons, when it finds a
-problem. ``bms.start_batch`` (control queue) runs it, then dispatches the requests.
+problem. ``bms.start_batch`` (control queue) runs it, then hands the dispatch of the requests
+on to ``bms.dispatch_batch`` (``tasks.batch_dispatch``: chunks behind the batch's watermark).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from bms.resources import MAX_VOLUME_IDS
 from models.db import session_scope
 from models.records import ServerRequest, transition
 from models.states import RequestState, Step
-from tasks.control import dispatch
+from tasks import batch_dispatch
 from tasks.grouping import CreateCalls, count_create_calls
 from worker.app import app
 from worker.limiter import NoCapacity
@@ -477,21 +478,14 @@ def _item_of(request: ServerRequest) -> Item:
     return Item(request.name, spec.get("create_body") or {}, [v for v in volumes if v])
 
 
-def pending_request_ids(sessions, batch_id: uuid.UUID) -> list[uuid.UUID]:
-    with session_scope(sessions) as session:
-        query = select(ServerRequest.id).where(
-            ServerRequest.batch_id == batch_id, ServerRequest.state == S.PENDING
-        )
-        return list(session.scalars(query.order_by(ServerRequest.position)))
-
-
 @shared_task(name="bms.start_batch", bind=True, acks_late=True, ignore_result=True)
-def start_batch(self, batch_id: str, transient_errors: int = 0) -> int:
-    """Control task of a new batch: its preflight, then the dispatch of its requests.
+def start_batch(self, batch_id: str, transient_errors: int = 0) -> bool:
+    """Control task of a new batch: its preflight, then the dispatch of its requests, handed
+    on to ``bms.dispatch_batch`` from the batch's watermark.
 
     Waits for read capacity without counting it as a failure; after
     ``MAX_TRANSIENT_ERRORS`` transient failures the batch goes on unchecked (its creates
-    would meet the same cloud). Returns how many chains were sent.
+    would meet the same cloud). Returns whether the dispatch was handed on.
     """
     current = runtime()
     batch = uuid.UUID(batch_id)
@@ -514,8 +508,10 @@ def start_batch(self, batch_id: str, transient_errors: int = 0) -> int:
                 kwargs=kwargs, countdown=_spread(2.0**transient_errors), max_retries=None
             ) from None
     if not go_on:
-        return 0
-    return dispatch(current.sessions, pending_request_ids(current.sessions, batch))
+        # Refused, or nothing PENDING: nothing of it is left for the batch reconciler.
+        batch_dispatch.close(current.sessions, batch)
+        return False
+    return batch_dispatch.send(batch, None)
 
 
 def _spread(seconds: float) -> float:

@@ -4,7 +4,8 @@
 Choices, each against a pitfall of ``shared/reference/celery-orchestration-notes.md``:
 JSON only; late acks with redelivery when a worker dies (every task is idempotent); prefetch of
 one; a visibility timeout, set everywhere Redis needs it, longer than any countdown we use; a
-bound on countdown messages held per worker; task events on, for Flower.
+bound on countdown messages held per worker; task events only when asked for
+(``BMS_TASK_EVENTS``, or Flower turning them on while it runs).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TASK_MODULES = [
     "tasks.webhooks",
     "tasks.preflight",
     "tasks.strays",
+    "tasks.batch_dispatch",
 ]
 
 
@@ -59,8 +61,8 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=declare_queues(),
         task_routes=TASK_ROUTES,
         task_default_queue=CONTROL_QUEUE,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile": {
@@ -75,6 +77,11 @@ def make_celery(settings: Settings) -> Celery:
             },
             "sweep-strays": {
                 "task": "bms.sweep_strays",
+                "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": CONTROL_QUEUE},
+            },
+            "reconcile-batches": {
+                "task": "bms.reconcile_batches",
                 "schedule": settings.reconcile_interval_seconds,
                 "options": {"queue": CONTROL_QUEUE},
             },

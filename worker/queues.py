@@ -52,4 +52,6 @@ TASK_ROUTES = {name: {"queue": queue_of(api)} for name, api in TASK_API_CLASSES.
     "bms.start_batch": {"queue": CONTROL_QUEUE},
     # The scan only reads the database and sends messages: never stuck behind a slow receiver.
     "bms.webhook_scan": {"queue": CONTROL_QUEUE},
+    "bms.dispatch_batch": {"queue": CONTROL_QUEUE},
+    "bms.reconcile_batches": {"queue": CONTROL_QUEUE},
 }

@@ -70,7 +70,9 @@ def build_runtime(settings: Settings) -> Runtime:
     metrics = MetricsRecorder.from_url(settings.redis_url)
     return Runtime(
         settings=settings,
-        sessions=make_session_factory(make_engine(settings.database_url)),
+        # No pre-ping: it doubled the transactions of a step on PostgreSQL. A connection found
+        # dead fails one task and is replaced; the chain is rebuilt by the reconciler.
+        sessions=make_session_factory(make_engine(settings.database_url, pool_pre_ping=False)),
         limiter=limiter,
         client=build_client(settings, limiter, metrics),
         metrics=metrics,

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     create_lookup_grace_seconds: float = Field(default=60.0, ge=0)
     #: How often beat looks for batches that completed (their webhooks) and lost deliveries.
     webhook_scan_seconds: float = Field(default=5.0, gt=0)
+    #: A stored batch's chains are sent by ``bms.dispatch_batch`` this many requests at a time.
+    dispatch_chunk: int = Field(default=500, ge=1, le=10_000)
+    #: A batch whose dispatch has not moved for this long is resumed by the batch reconciler.
+    dispatch_stall_seconds: float = Field(default=60.0, gt=0)
+    #: Workers send Celery task events (and task-sent events) from the start. Off by default:
+    #: publishing them is a large share of a worker's work. Flower turns worker events on by
+    #: itself while it runs; ``bmsctl up`` sets this when it starts Flower.
+    task_events: bool = False
     #: Multiplies every poll and retry delay (tests and the demo, with quick simulated jobs,
     #: use < 1).
     delay_scale: float = Field(default=1.0, gt=0)

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 
 import pytest
+from sqlalchemy import event
 
 from models.states import RequestState
 from tests.api.helpers import fail, submit
@@ -124,3 +125,88 @@ def test_unknown_ids_are_404_and_malformed_ones_422(client, method, path, what):
     assert malformed.status_code == 422
     [error] = malformed.json()["detail"]
     assert error["field"] == f"{what}_id" and "UUID" in error["message"]
+
+
+def pages(client, batch_id: str, limit: int, between=None) -> list[dict]:
+    """Every page of the batch, following ``next_cursor``; ``between(n)`` runs after page n."""
+    params = {"limit": limit}
+    read = [client.get(f"/v1/batches/{batch_id}", params=params).json()]
+    while read[-1]["next_cursor"] is not None:
+        if between is not None:
+            between(len(read))
+        params = {"limit": limit, "cursor": read[-1]["next_cursor"]}
+        read.append(client.get(f"/v1/batches/{batch_id}", params=params).json())
+    return read
+
+
+def test_batch_pages_list_every_request_once_while_states_change(client, database):
+    submitted = submit(client, *(f"node-{n}" for n in range(23)))
+    ids = [r["id"] for r in submitted["requests"]]
+
+    def change_states(page_number: int) -> None:
+        # Requests already read and requests still ahead both change state meanwhile.
+        fail(database.sessions, ids[page_number * 5 - 1])
+        fail(database.sessions, ids[page_number * 5 + 2])
+
+    read = pages(client, submitted["batch_id"], limit=5, between=change_states)
+
+    listed = [r["id"] for page in read for r in page["requests"]]
+    assert listed == ids  # each exactly once, in submission order
+    assert [len(page["requests"]) for page in read] == [5, 5, 5, 5, 3]
+    assert read[-1]["next_cursor"] is None
+    assert {page["limit"] for page in read} == {5}
+    assert read[-1]["counts"]["FAILED"] == 8 and read[-1]["total"] == 23
+
+
+def test_the_first_page_by_default_is_the_whole_of_a_small_batch(client):
+    submitted = submit(client, "a", "b", "c")
+
+    detail = client.get(f"/v1/batches/{submitted['batch_id']}").json()
+
+    assert [r["id"] for r in detail["requests"]] == [r["id"] for r in submitted["requests"]]
+    assert (detail["limit"], detail["next_cursor"]) == (500, None)
+
+
+def test_an_exact_last_page_has_no_next_cursor(client):
+    submitted = submit(client, "a", "b", "c", "d")
+
+    read = pages(client, submitted["batch_id"], limit=2)
+
+    assert [len(page["requests"]) for page in read] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"cursor": "abc"}, "cursor"),
+        ({"cursor": "-1"}, "cursor"),
+        ({"cursor": "9" * 40}, "cursor"),
+    ],
+)
+def test_batch_page_bounds_name_the_bad_parameter(client, params, field):
+    submitted = submit(client)
+
+    response = client.get(f"/v1/batches/{submitted['batch_id']}", params=params)
+
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["detail"]] == [field]
+
+
+def test_reading_a_batch_never_loads_the_specs_it_does_not_show(client, database):
+    submitted = submit(client, "a", "b")
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        assert client.get(f"/v1/batches/{submitted['batch_id']}").status_code == 200
+    finally:
+        event.remove(database.engine, "before_cursor_execute", record)
+
+    reads = [s for s in statements if "server_requests" in s]
+    assert reads, statements
+    assert not [s for s in reads if "server_requests.spec" in s]

@@ -6,8 +6,10 @@ import uuid
 
 import pytest
 
+import tasks.batch_dispatch
 import tasks.plan
 from bmsctl.processes import free_port
+from models.records import Batch
 from tests.factories import batch, server
 from worker.app import make_celery
 from worker.settings import Settings
@@ -27,7 +29,8 @@ def test_submit_answers_202_with_one_pending_request_per_server(client, row_coun
 
     assert response.status_code == 202, response.text
     answer = response.json()
-    assert set(answer) == {"batch_id", "requests"}
+    assert set(answer) == {"batch_id", "requests", "total"}
+    assert answer["total"] == 4
     uuid.UUID(answer["batch_id"])
     assert [r["name"] for r in answer["requests"]] == ["db", "web-0000", "web-0001", "web-0002"]
     assert {r["state"] for r in answer["requests"]} == {"PENDING"}
@@ -155,18 +158,26 @@ def test_an_overlong_idempotency_key_is_refused(client, row_counts):
     assert row_counts() == before
 
 
-def test_unreachable_broker_still_accepts_and_keeps_the_batch(client, row_counts, monkeypatch):
-    # A Celery app whose broker nothing listens on: the chains cannot be sent.
+def test_unreachable_broker_still_accepts_and_keeps_the_batch(
+    client, row_counts, monkeypatch, database
+):
+    # A Celery app whose broker nothing listens on: neither the batch's dispatch task nor a
+    # chain can be sent.
     dead = make_celery(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     monkeypatch.setattr(tasks.plan, "app", dead)
+    monkeypatch.setattr(tasks.batch_dispatch, "app", dead)
     headers = {"Idempotency-Key": "while-redis-was-down"}
 
     response = client.post("/v1/batches", json=batch(), headers=headers)
 
-    # Stored and acknowledged with its id: the reconciler starts it once the broker is back.
+    # Stored and acknowledged with its id: the batch reconciler dispatches it once the broker
+    # is back.
     assert response.status_code == 202
     assert [r["state"] for r in response.json()["requests"]] == ["PENDING"]
     assert row_counts()["server_requests"] == 1
+    with database.sessions() as session:
+        stored = session.get(Batch, uuid.UUID(response.json()["batch_id"]))
+        assert (stored.request_count, stored.dispatched_position) == (1, 0)
     monkeypatch.undo()
     replay = client.post("/v1/batches", json=batch(), headers=headers)
     assert replay.status_code == 200
