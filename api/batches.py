@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api import queries
 from api.deps import AppSettings, Sessions
@@ -32,7 +33,7 @@ from tasks.intake import submit
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 #: Requests per page of ``GET /v1/batches/{id}``: by default, and at most.
-DEFAULT_PAGE = 500
+DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 NOT_FOUND = {404: {"model": Problem, "description": "No batch has this id."}}
@@ -67,6 +68,12 @@ def _dry_run(settings, spec) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=503, headers=headers)
 
 
+def _json(answer: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
+    """``answer`` serialized once: a returned model would be dumped, validated again against
+    the response model and serialized (a third of a 10,000-request answer's time)."""
+    return Response(answer.model_dump_json(), status_code, media_type="application/json")
+
+
 def _not_found(batch_id: uuid.UUID) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"batch {batch_id} not found")
 
@@ -87,7 +94,6 @@ def _not_found(batch_id: uuid.UUID) -> HTTPException:
     },
 )
 def submit_batch(
-    response: Response,
     sessions: Sessions,
     settings: AppSettings,
     batch: Annotated[dict[str, Any], Body(examples=[EXAMPLE_BATCH])],
@@ -107,7 +113,7 @@ def submit_batch(
             description="Only run the preflight against the cloud and say what would be done.",
         ),
     ] = False,
-) -> SubmittedBatch:
+) -> Response:
     """The batch format of ``examples/batch.yaml``, as JSON: ``name``, optional ``defaults``
     merged into every server, and ``servers``. Answers **202** once the batch is stored, with
     one request per server (``count`` expanded), all PENDING, and ``total``, how many were
@@ -130,15 +136,15 @@ def submit_batch(
         return _dry_run(settings, spec)
     submitted = submit(sessions, spec, BatchSource.API, idempotency_key)
     if not submitted.created:
-        response.status_code = status.HTTP_200_OK
         with session_scope(sessions) as session:
-            return queries.submitted_batch(session, submitted.batch_id)
+            return _json(queries.submitted_batch(session, submitted.batch_id))
     pending = RequestState.PENDING
     refs = [
         RequestRef(id=request_id, name=name, state=pending)
         for request_id, name in zip(submitted.request_ids, submitted.names, strict=True)
     ]
-    return SubmittedBatch(batch_id=submitted.batch_id, requests=refs, total=submitted.total)
+    answer = SubmittedBatch(batch_id=submitted.batch_id, requests=refs, total=submitted.total)
+    return _json(answer, status.HTTP_202_ACCEPTED)
 
 
 @router.get("", response_model=BatchPage, summary="List batches, newest first", responses=INVALID)
@@ -168,7 +174,7 @@ def read_batch(
         str | None,
         Query(max_length=32, description="The `next_cursor` of the page before; none: the first."),
     ] = None,
-) -> BatchDetail:
+) -> Response:
     """Name, source, creation time, requests counted per state (all of them), and one page of
     the requests with each one's state. ``next_cursor`` reads the next page; it is null on the
     last one."""
@@ -182,7 +188,7 @@ def read_batch(
         detail = queries.batch_detail(session, batch_id, limit, after)
     if detail is None:
         raise _not_found(batch_id)
-    return detail
+    return _json(detail)
 
 
 @router.post(

@@ -164,7 +164,7 @@ def test_the_first_page_by_default_is_the_whole_of_a_small_batch(client):
     detail = client.get(f"/v1/batches/{submitted['batch_id']}").json()
 
     assert [r["id"] for r in detail["requests"]] == [r["id"] for r in submitted["requests"]]
-    assert (detail["limit"], detail["next_cursor"]) == (500, None)
+    assert (detail["limit"], detail["next_cursor"]) == (100, None)
 
 
 def test_an_exact_last_page_has_no_next_cursor(client):
