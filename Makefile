@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint format bench clean
+.PHONY: install browser demo test lint format bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -41,6 +41,11 @@ test: lint browser
 bench: $(STAMP)
 	$(BIN)/python bench/bench_simulator.py --requests 20000 --threads 8
 	$(BIN)/python -m bench.bench_limiter --servers 500
+
+# Issue 11's rows of intake and reads, three runs each, on PostgreSQL (TEST_DATABASE_URL, or
+# postgres@127.0.0.1:5432/test): submit, reads while a 10,000 batch runs, a 100,000-request DB.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.bench_scale --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
