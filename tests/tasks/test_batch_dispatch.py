@@ -148,7 +148,7 @@ def test_the_batch_reconciler_restarts_a_batch_never_started_through_its_preflig
     assert dispatch_chunk(sessions, half_dispatched, 0, size=2) == 2
     sent = []
     monkeypatch.setattr(
-        batch_dispatch, "send", lambda batch_id, position, task: sent.append((batch_id, task))
+        batch_dispatch, "send", lambda batch_id, _pos, task: sent.append((batch_id, task)) or True
     )
     stalled_for_long = worker_runtime.model_copy(update={"dispatch_stall_seconds": 1e-6})
     use_runtime(Runtime(stalled_for_long, sessions, limiter=None, client=None))
