@@ -16,8 +16,9 @@ from pathlib import Path
 from rich.console import Console
 
 from bmsctl.apiclient import ApiClient, ApiError
+from bmsctl.lock import LOCK_FILE, StackLock, StackLocked
 from bmsctl.stack import EmbeddedStack, StackError, StackOptions
-from bmsctl.up import addresses_table, stopping_on_signals
+from bmsctl.up import addresses_table, raising_on_signals, stopping_on_signals
 from bmsctl.watching import summary_table, watch
 from models.spec import SpecError, parse_batch, read_batch_file
 from worker.settings import load_settings
@@ -42,15 +43,26 @@ def run(args) -> int:
     except SpecError as exc:
         print(f"bmsctl demo: {args.batch}: {exc}", file=sys.stderr)
         return 2
+    lock = StackLock(args.dir)
+    try:
+        lock.acquire()  # before clearing the directory: it may be another demo's
+    except StackLocked as exc:
+        print(f"bmsctl demo: {exc}", file=sys.stderr)
+        return 1
     stack = EmbeddedStack(_demo_settings(args.dir), StackOptions(args.dir, 0, 0, "0.3-1.5"))
+    stack.lock = lock
     with stopping_on_signals(threading.Event()):
         try:
-            stack.start()
-            console.print(addresses_table(stack))
-            return _provision(stack, body, console)
+            with raising_on_signals():
+                stack.start()
+                console.print(addresses_table(stack))
+                return _provision(stack, body, console)
         except (StackError, ApiError, TimeoutError) as exc:
             print(f"bmsctl demo: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("bmsctl demo: interrupted; stopping the stack", file=sys.stderr)
+            return 130
         finally:
             stack.stop()
             console.print("stack stopped")
@@ -58,8 +70,13 @@ def run(args) -> int:
 
 def _demo_settings(directory: Path):
     """A fresh database in the demo's directory; quick polls for the quick simulated jobs."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    for entry in directory.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     overrides = {"delay_scale": 0.2, "create_lookup_grace_seconds": 5}
     if not os.environ.get("BMS_DATABASE_URL"):
         overrides["database_url"] = f"sqlite:///{directory.resolve() / 'demo.db'}"

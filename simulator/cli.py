@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 
 from simulator import catalog
 from simulator.config import DEFAULT_QUOTAS, FaultSettings, IamUser, SimulatorConfig
+from simulator.persist import StateFileError
 from simulator.quota import parse_quotas
 from simulator.server import SimulatorServer
 
@@ -47,6 +49,12 @@ def _add_cloud_options(group) -> None:
         type=float,
         default=30.0,
         help="how long a deleted server answers status DELETED before 404 (default %(default)s)",
+    )
+    group.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="keep the cloud (servers, volumes, jobs) in this JSON file: loaded at start, "
+        "saved while running and at stop (default: memory only)",
     )
     group.add_argument(
         "--quota",
@@ -194,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             for flag, key in LIMIT_OPTIONS.items()
             if getattr(args, flag[2:].replace("-", "_")) is not None
         },
+        state_file=args.state_file,
     )
     if args.credential:
         config.credentials = list(args.credential)
@@ -215,6 +224,9 @@ def banner(server: SimulatorServer) -> str:
     ]
     if not config.auth:
         lines.append("  auth         off (--no-auth)")
+    if config.state_file:
+        how = "loaded from" if server.loaded_state else "new cloud, saved to"
+        lines.append(f"  state        {how} {config.state_file}")
     lines += [f"  AK/SK        {ak} {sk}" for ak, sk in config.credentials]
     lines += [f"  IAM user     {u.name} / {u.password} (domain {u.domain})" for u in config.users]
     return "\n".join(lines)
@@ -223,7 +235,11 @@ def banner(server: SimulatorServer) -> str:
 def serve(config: SimulatorConfig) -> int:
     """Serve in the foreground until SIGINT or SIGTERM."""
     server = SimulatorServer(config)
-    server.start()
+    try:
+        server.start()
+    except StateFileError as exc:
+        print(f"simulator: {exc}", file=sys.stderr, flush=True)
+        return 2
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

@@ -78,6 +78,8 @@ class SimulatorConfig:
     #: Account limits that replace the default ones (``maxTotalInstances``, ``maxTotalCores``,
     #: ``maxTotalRAMSize``), restored by ``/_sim/reset``.
     limits: dict[str, int] = field(default_factory=dict)
+    #: Where the cloud is kept between runs (JSON); None: in memory only.
+    state_file: str | None = None
 
     @classmethod
     def build(cls, **options) -> SimulatorConfig:

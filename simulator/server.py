@@ -12,11 +12,13 @@ import socket
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from simulator.app import CloudApp
 from simulator.clock import SystemClock
 from simulator.config import SimulatorConfig
 from simulator.control import SimulatorControl
+from simulator.persist import Persister, load
 from simulator.wire import DropConnection, Request, Response, new_request_id
 
 REASONS = {
@@ -142,6 +144,9 @@ class SimulatorServer:
         self.app = CloudApp(self.config, clock)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._persister: Persister | None = None
+        #: Whether ``start()`` found and loaded ``config.state_file``.
+        self.loaded_state = False
 
     @property
     def clock(self) -> SystemClock:
@@ -175,6 +180,16 @@ class SimulatorServer:
         return SimulatorControl(self.base_url)
 
     def start(self) -> str:
+        """Serve in a background thread; with ``config.state_file``, load it first.
+
+        :raises simulator.persist.StateFileError: the state file cannot be read.
+        """
+        if self.config.state_file:
+            path = Path(self.config.state_file)
+            self.loaded_state = load(self.app.state, path)
+            self._persister = Persister(self.app.state, path)
+            self._persister.save()
+            self._persister.start()
         handler = type("Handler", (_Handler,), {"app": self.app})
         self._httpd = _HTTPServer((self.config.host, self.config.port), handler)
         self._thread = threading.Thread(
@@ -199,6 +214,9 @@ class SimulatorServer:
             self._httpd.close_connections()
             self._thread.join(timeout=5)
             self._httpd = None
+        if self._persister is not None:
+            self._persister.stop(wait_for_jobs=self.config.job_seconds[1] + 1.0)
+            self._persister = None
 
     def __enter__(self) -> SimulatorServer:
         self.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,35 +47,60 @@ def processes_under(directory: Path) -> list[str]:
     return found
 
 
-@pytest.fixture
-def running_stack(tmp_path):
-    """``bmsctl up`` in ``tmp_path``; yields its addresses; stops it with SIGTERM."""
-    env = clean_env(
-        BMS_DATABASE_URL=f"sqlite:///{tmp_path / 'up.db'}",
+class Up:
+    """``bmsctl up`` as a user runs it, in ``directory``; ``state`` is its ``var/stack.json``."""
+
+    def __init__(self, directory: Path, env: dict[str, str], *args: str) -> None:
+        self.directory = directory
+        self.state_file = directory / "var" / "stack.json"
+        self.process = subprocess.Popen(
+            [BMSCTL, "up", "--dir", "var", "--job-seconds", "0.2-0.6", *args],
+            cwd=directory,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not self.state_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"bmsctl up did not come up:\n{self.process.stdout.read()}")
+            time.sleep(0.2)
+        self.state = json.loads(self.state_file.read_text())
+
+    def pids(self) -> dict[str, int]:
+        return json.loads(self.state_file.read_text())["pids"]
+
+    def stop(self, signum: int = signal.SIGTERM) -> str:
+        """Send ``signum``; returns what ``up`` printed. It must exit 0 and leave nothing."""
+        children = list(self.pids().values())
+        self.process.send_signal(signum)
+        output = self.process.communicate(timeout=90)[0]
+        assert self.process.returncode == 0, output
+        assert processes_under(self.directory) == []
+        assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
+        return output
+
+
+def stack_env(directory: Path, **extra: str) -> dict[str, str]:
+    return clean_env(
+        BMS_DATABASE_URL=f"sqlite:///{directory / 'up.db'}",
         BMS_API_PORT=str(_free_port()),
         BMS_FLOWER_PORT=str(_free_port()),
         BMS_DELAY_SCALE="0.1",
+        **extra,
     )
-    up = subprocess.Popen(
-        [BMSCTL, "up", "--dir", "var", "--job-seconds", "0.2-0.6"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    state_file = tmp_path / "var" / "stack.json"
-    deadline = time.monotonic() + 120
-    while not state_file.exists():
-        if up.poll() is not None or time.monotonic() > deadline:
-            up.kill()
-            pytest.fail(f"bmsctl up did not come up:\n{up.stdout.read()}")
-        time.sleep(0.2)
-    state = json.loads(state_file.read_text())
-    yield tmp_path, state
-    up.send_signal(signal.SIGTERM)
-    assert up.wait(60) == 0, up.stdout.read()
-    assert processes_under(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory):
+    """One ``bmsctl up`` for the tests that leave it as they found it (a stack takes long to
+    start on a busy machine); yields its directory and state; stops it with SIGTERM."""
+    directory = tmp_path_factory.mktemp("up")
+    up = Up(directory, stack_env(directory))
+    yield directory, up.state
+    up.stop()
 
 
 def _free_port() -> int:
@@ -123,10 +149,11 @@ def test_bad_batch_file_names_the_field_and_submits_nothing(running_stack, tmp_p
     directory, _state = running_stack
     bad = tmp_path / "bad.yaml"
     bad.write_text(EXAMPLE.read_text().replace("flavorRef: physical.s4.large", "flavorRef: ''", 1))
+    before = json.loads(bmsctl("status", "--json", cwd=directory).stdout)["total"]
     result = bmsctl("submit", str(bad), cwd=directory)
     assert result.returncode == 2
     assert "servers[0].flavorRef" in result.stderr
-    assert json.loads(bmsctl("status", "--json", cwd=directory).stdout)["total"] == 0
+    assert json.loads(bmsctl("status", "--json", cwd=directory).stdout)["total"] == before
 
 
 def test_demo_provisions_the_example_and_leaves_nothing_running(tmp_path):
@@ -140,4 +167,160 @@ def test_demo_provisions_the_example_and_leaves_nothing_running(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "10 of 10 servers ACTIVE" in result.stdout
+    assert processes_under(tmp_path) == []
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    """Poll ``condition`` (an event of another process) until it holds, or fail naming it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def submit_and_watch(directory: Path) -> dict:
+    """Submit the example batch through the running stack's API; its final status."""
+    submitted = bmsctl("submit", str(EXAMPLE), cwd=directory)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.split()[1].rstrip(":")
+    watched = bmsctl("watch", batch_id, cwd=directory)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    return json.loads(bmsctl("status", batch_id, "--json", cwd=directory).stdout)
+
+
+def environment_of(pid: int) -> set[str]:
+    """The names of the variables in a process's environment."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
+
+
+def test_a_killed_worker_is_restarted_and_a_new_batch_reaches_active(tmp_path):
+    up = Up(tmp_path, stack_env(tmp_path))
+    try:
+        killed = up.pids()["worker-cloud"]
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: up.pids()["worker-cloud"] != killed, 120, "worker-cloud restarted")
+
+        view = submit_and_watch(tmp_path)
+        assert {s: n for s, n in view["counts"].items() if n} == {"ACTIVE": 10}
+    finally:
+        output = up.stop()
+    assert f"worker-cloud (pid {killed}) killed by SIGKILL; restarting in" in output
+    assert "giving up" not in output
+
+
+def test_each_child_gets_only_the_secrets_it_uses(running_stack):
+    directory, state = running_stack
+    pids = state["pids"]
+    cloud = {"BMS_AK", "BMS_SK"}
+    for name in ("redis", "simulator"):
+        assert {v for v in environment_of(pids[name]) if v.startswith("BMS_")} == set(), name
+    for name in ("flower", "beat"):
+        assert environment_of(pids[name]) & (cloud | {"BMS_DATABASE_URL"}) == set(), name
+    assert environment_of(pids["api"]) & cloud == set()
+    assert "BMS_DATABASE_URL" in environment_of(pids["api"])
+    assert cloud | {"BMS_DATABASE_URL"} <= environment_of(pids["worker-cloud"])
+
+
+def test_sighup_stops_every_child_and_settings_are_honoured(tmp_path, redis_url):
+    """A closed terminal (SIGHUP) stops everything; BMS_FLOWER_PORT and BMS_REDIS_URL hold."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()  # no message of an earlier test
+    flower_port = _free_port()
+    env = stack_env(tmp_path, BMS_REDIS_URL=redis_url) | {"BMS_FLOWER_PORT": str(flower_port)}
+    up = Up(tmp_path, env)
+    try:
+        assert up.state["addresses"]["flower"] == f"http://127.0.0.1:{flower_port}"
+        assert requests.Session().get(f"http://127.0.0.1:{flower_port}/healthcheck").ok
+        assert up.state["addresses"]["redis"] == redis_url
+        assert "redis" not in up.pids()  # the given Redis is used, none is started
+    finally:
+        up.stop(signal.SIGHUP)
+
+
+def test_a_second_up_in_the_same_directory_refuses_and_leaves_the_first_intact(running_stack):
+    directory, state = running_stack
+    var = directory / "var"
+    files_before = {path.name: path.stat().st_size for path in var.iterdir()}
+    stack_json = (var / "stack.json").read_bytes()
+
+    second = subprocess.run(
+        [BMSCTL, "up", "--dir", "var"],
+        cwd=directory,
+        env=stack_env(directory),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert second.returncode == 1
+    assert f"a stack already runs in var (pid {state['owner']})" in second.stderr
+    assert second.stdout == ""  # no addresses printed, the first stack's or its own
+    assert (var / "stack.json").read_bytes() == stack_json
+    assert set(files_before) == {path.name for path in var.iterdir()}
+    api = state["addresses"]["api"].split()[0]
+    assert requests.Session().get(f"{api}/healthz", timeout=10).ok
+
+
+def test_a_foreign_process_on_a_port_is_an_error(tmp_path):
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        env = stack_env(tmp_path) | {"BMS_FLOWER_PORT": str(port)}
+        result = subprocess.run(
+            [BMSCTL, "up", "--dir", "var"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert result.returncode == 1
+    assert f"Flower: port {port} on 127.0.0.1 is in use by another process" in result.stderr
+    assert not (tmp_path / "var" / "stack.json").exists()
+    assert processes_under(tmp_path) == []
+
+
+def test_a_restarted_stack_keeps_the_simulated_cloud(tmp_path):
+    env = stack_env(tmp_path)
+    first = Up(tmp_path, env)
+    try:
+        view = submit_and_watch(tmp_path)
+    finally:
+        first.stop()
+    server_ids = {row["server_id"] for row in view["requests"]}
+    assert len(server_ids) == 10
+
+    second = Up(tmp_path, env)
+    try:
+        cloud = second.state["addresses"]["cloud"].split()[0]
+        http = requests.Session()
+        for server_id in server_ids:
+            server = http.get(f"{cloud}/_sim/servers/{server_id}", timeout=10)
+            assert server.status_code == 200, server_id
+            assert server.json()["server"]["status"] == "ACTIVE"
+    finally:
+        output = second.stop()
+    assert "simulated cloud: loaded from var/simulator.json" in output
+
+
+def test_demo_stops_everything_on_ctrl_c(tmp_path):
+    demo = subprocess.Popen(
+        [BMSCTL, "demo", "--dir", "var/demo"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until((tmp_path / "var" / "demo" / "stack.json").exists, 120, "the demo's stack")
+    finally:
+        demo.send_signal(signal.SIGINT)
+    output = demo.communicate(timeout=90)[0]
+    assert demo.returncode == 130, output
+    assert "interrupted; stopping the stack" in output
     assert processes_under(tmp_path) == []

@@ -1,0 +1,64 @@
+"""The embedded stack's decisions, without starting processes: environments and ``--fresh``."""
+
+from __future__ import annotations
+
+import pytest
+
+from bmsctl.stack import SIMULATOR_STATE_FILE, EmbeddedStack, StackOptions
+from worker.settings import load_settings
+
+SECRETS = {
+    "database_url": "postgresql+psycopg://bms:db-secret@db.example/bms",
+    "ak": "AK-secret",
+    "sk": "SK-secret",
+    "iam_user": "user",
+    "iam_password": "iam-secret",
+    "iam_domain": "domain",
+    "api_token": "api-secret",
+    "flower_basic_auth": "admin:flower-secret",
+}
+
+
+@pytest.fixture
+def stack(tmp_path):
+    settings = load_settings(redis_url="redis://127.0.0.1:1/0", **SECRETS)
+    return EmbeddedStack(settings, StackOptions(tmp_path))
+
+
+def secrets_in(env: dict[str, str]) -> set[str]:
+    return {name for name, value in SECRETS.items() if any(value in v for v in env.values())}
+
+
+def test_each_kind_of_child_gets_only_the_secrets_it_uses(stack):
+    assert secrets_in(stack.env_for("flower")) == set()
+    assert secrets_in(stack.env_for("beat")) == set()
+    assert secrets_in(stack.env_for("api")) == {"database_url", "api_token"}
+    assert secrets_in(stack.env_for("worker")) == {
+        "database_url", "ak", "sk", "iam_user", "iam_password", "iam_domain"
+    }  # fmt: skip
+
+
+def test_what_the_stack_decides_wins_over_a_setting_of_the_same_name(stack):
+    """With BMS_REDIS_URL set, ``up`` used to crash: "got multiple values for BMS_REDIS_URL"."""
+    stack.decided["BMS_REDIS_URL"] = "redis://127.0.0.1:2/0"
+    stack.decided["BMS_FLOWER_PORT"] = "5600"
+    env = stack.env_for("worker", EXTRA="1")
+    assert env["BMS_REDIS_URL"] == "redis://127.0.0.1:2/0"
+    assert env["BMS_FLOWER_PORT"] == "5600"
+    assert env["EXTRA"] == "1"
+
+
+def test_fresh_forgets_the_saved_cloud_and_says_so(stack, monkeypatch):
+    saved = stack.options.directory / SIMULATOR_STATE_FILE
+    saved.write_text("{}")
+    started = []
+    monkeypatch.setattr(stack, "_spawn", lambda name, argv, env, ready: started.append(argv))
+
+    stack._start_simulator()
+    assert stack.notes == [f"simulated cloud: loaded from {saved}"]
+    assert started[0][started[0].index("--state-file") + 1] == str(saved)
+
+    stack.options.fresh, stack.notes = True, []
+    stack._start_simulator()
+    assert not saved.exists()
+    assert stack.notes[0].startswith(f"simulated cloud: new and empty (saved to {saved}")
