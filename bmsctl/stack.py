@@ -21,6 +21,8 @@ from pathlib import Path
 
 import requests
 from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from api.server import is_loopback
 from bmsctl.lock import StackLock, StackLocked
@@ -132,10 +134,10 @@ class EmbeddedStack:
     def restart(self, child: ManagedProcess) -> None:
         """Start a dead child again, on the same port with the same data, and wait until it
         answers; :raises StackError: it did not."""
-        child.restart()
         try:
+            child.restart()
             self._ready[child.name](child)
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             raise StackError(str(exc)) from None
         self._write_state()
 
@@ -364,7 +366,11 @@ def _wait_for_worker(
             if not child.alive():
                 ended = describe_exit(child.returncode)
                 raise StackError(f"{child.name} {ended} at start:\n{child.tail()}")
-            replies = app.control.ping(destination=[node], timeout=1.0) or []
+            try:
+                replies = app.control.ping(destination=[node], timeout=1.0) or []
+            except (OperationalError, RedisError, OSError):  # the broker is coming back too
+                replies = []
+                time.sleep(0.5)
             if any(node in reply for reply in replies):
                 return
     finally:

@@ -48,17 +48,23 @@ class Supervisor:
         self.pending: dict[str, float] = {}
 
     def check(self) -> str | None:
+        """Record new deaths and restart what is due, in start order: a child waits for the
+        ones started before it (Redis before the workers that need it) to be back."""
         now = self.clock()
+        waiting_for_earlier = False
         for child in list(self.stack.children):
-            if child.name in self.pending:
-                if now >= self.pending[child.name]:
-                    reason = self._restart(child)
-                    if reason:
-                        return reason
-            elif not child.alive():
+            reason = None
+            if child.name not in self.pending and not child.alive():
                 reason = self._record_death(child, describe_exit(child.returncode), now)
-                if reason:
-                    return reason
+            elif (
+                child.name in self.pending
+                and now >= self.pending[child.name]
+                and not waiting_for_earlier
+            ):
+                reason = self._restart(child)
+            if reason:
+                return reason
+            waiting_for_earlier = waiting_for_earlier or child.name in self.pending
         return None
 
     def _record_death(self, child: ManagedProcess, how: str, now: float) -> str | None:
@@ -83,5 +89,8 @@ class Supervisor:
         except StackError as exc:
             first_line = str(exc).splitlines()[0]
             return self._record_death(child, f"failed to restart: {first_line}", self.clock())
+        except Exception as exc:  # noqa: BLE001 - whatever breaks a restart counts as a death
+            how = f"failed to restart: {type(exc).__name__}: {exc}"
+            return self._record_death(child, how, self.clock())
         self.log(f"{child.name} restarted (pid {child.pid})")
         return None

@@ -70,6 +70,8 @@ class Up:
         self.state = json.loads(self.state_file.read_text())
 
     def pids(self) -> dict[str, int]:
+        if self.process.poll() is not None:
+            pytest.fail(f"bmsctl up ended:\n{self.process.stdout.read()}")
         return json.loads(self.state_file.read_text())["pids"]
 
     def stop(self, signum: int = signal.SIGTERM) -> str:
@@ -198,15 +200,20 @@ def environment_of(pid: int) -> set[str]:
 def test_a_killed_worker_is_restarted_and_a_new_batch_reaches_active(tmp_path):
     up = Up(tmp_path, stack_env(tmp_path))
     try:
-        killed = up.pids()["worker-cloud"]
-        os.kill(killed, signal.SIGKILL)
-        wait_until(lambda: up.pids()["worker-cloud"] != killed, 120, "worker-cloud restarted")
+        killed = up.pids()
+        for name in ("worker-cloud", "redis", "simulator"):
+            os.kill(killed[name], signal.SIGKILL)
+        for name in ("worker-cloud", "redis", "simulator"):
+            wait_until(lambda name=name: up.pids()[name] != killed[name], 120, f"{name} back")
 
         view = submit_and_watch(tmp_path)
         assert {s: n for s, n in view["counts"].items() if n} == {"ACTIVE": 10}
+        # Redis and the simulator came back where the others look for them.
+        assert json.loads(up.state_file.read_text())["addresses"] == up.state["addresses"]
     finally:
         output = up.stop()
-    assert f"worker-cloud (pid {killed}) killed by SIGKILL; restarting in" in output
+    for name in ("worker-cloud", "redis", "simulator"):
+        assert f"{name} (pid {killed[name]}) killed by SIGKILL; restarting in" in output
     assert "giving up" not in output
 
 

@@ -117,3 +117,18 @@ def test_a_restart_that_fails_counts_as_a_death():
             clock.now = watcher.pending["simulator"]
     assert len(stack.restarts) == 4
     assert "failed to restart: simulator exited with code 1 at start" in reason
+
+
+def test_a_child_waits_for_the_ones_started_before_it():
+    """Redis and a worker die together: the worker comes back only after Redis."""
+    redis, worker = FakeChild("redis", returncode=-9), FakeChild("worker-cloud", returncode=-9)
+    stack, clock, lines = FakeStack([redis, worker], failing={"redis"}), Clock(), []
+    watcher = supervisor(stack, clock, lines)
+    watcher.check()
+    clock.now += 0.5
+    watcher.check()
+    assert stack.restarts == ["redis"]  # it failed: the worker is not tried against no Redis
+    stack.failing.clear()
+    clock.now = watcher.pending["redis"]
+    watcher.check()
+    assert stack.restarts == ["redis", "redis", "worker-cloud"]
