@@ -53,7 +53,7 @@ def attach_volume(chain: Chain) -> Next | None:
             attachment.state, attachment.intent_at = A.ATTACHING, utcnow()
         target = (attachment.position, request.server_id, attachment.volume_id, attachment.device)
     if in_cloud_maybe:
-        settled = _look_at_disk(chain, target)
+        settled = _look_at_disk(chain, target, attach_next=True)
         if settled is not None:
             return settled
     return _post_attach(chain, target)
@@ -93,8 +93,11 @@ def _record_job(chain: Chain, position: int, job_id: str) -> Next | None:
         return handoff(request, first_poll(JobKind.ATTACH))
 
 
-def _look_at_disk(chain: Chain, target: tuple) -> Next | None:
-    """After a lost answer: settle the attachment from the disk's status, or ``None`` to attach."""
+def _look_at_disk(chain: Chain, target: tuple, attach_next: bool = False) -> Next | None:
+    """After a lost answer: settle the attachment from the disk's status, or ``None`` to attach.
+
+    ``attach_next``: a free disk is attached again at once, so the budget is checked here.
+    """
     position, server_id, volume_id, _device = target
     volume = runtime().client.resources.show_volume(volume_id)
     status = volume.get("status")
@@ -114,6 +117,9 @@ def _look_at_disk(chain: Chain, target: tuple) -> Next | None:
             wait = first_poll(JobKind.ATTACH)
             advance(request)
         elif status == "available":
+            if attach_next and attachment.attempt >= runtime().settings.max_attempts:
+                attachment.intent_at = None
+                return _out_of_attempts(session, request, attachment)
             attachment.intent_at = utcnow()  # the new POST's intent
             return None
         else:

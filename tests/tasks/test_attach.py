@@ -140,3 +140,23 @@ def test_a_redelivered_attach_after_its_hand_off_does_nothing(bench):
     with pytest.raises(StaleChain):
         attach_volume(message)
     assert bench.client.count("attach_volume") == 1
+
+
+def test_lost_answers_on_a_free_disk_never_send_more_attaches_than_the_budget(bench):
+    # Every POST's answer is lost and the disk stays free: each re-run looks at the disk, finds
+    # it available and attaches again. The budget (3) must hold on that path too.
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", DROPPED)
+    bench.client.on("show_volume", volume("available"))
+
+    for _run in range(6):
+        try:
+            attach_volume(bench.chain(request_id))
+        except CloudConnectionError:
+            continue
+        break
+
+    stored = bench.get(request_id)
+    assert bench.client.count("attach_volume") == 3  # before: 6, attempt 6
+    assert stored.attachments[0].attempt == 3
+    assert stored.state is S.FAILED and stored.failed_step is Step.ATTACH
