@@ -7,12 +7,13 @@ the row while another tries to take it, and the second must wait for the first t
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 
 from bms.client import ServerPage
-from bms.exceptions import Throttled
-from models.base import utcnow
+from bms.exceptions import CloudConnectionError, Throttled
+from models.base import as_utc, utcnow
 from models.records import transition
 from models.states import RequestState, Step
 from tasks import base
@@ -201,3 +202,28 @@ def test_a_create_5xx_that_never_clears_still_ends_the_request(bench, retries):
         run_task(create_server, request_id, bench.get(request_id).fence, transient_errors=4)
 
     assert retries[0][1] == 4  # kept, not forgiven: a 5xx that never clears still ends it
+
+
+def test_lost_create_answers_end_the_request_despite_the_lookup_grace(bench, retries):
+    # Every create POST's answer is lost; between two POSTs the marker look-up waits out its
+    # grace. That wait follows no progress (nothing was found): it must not forgive the lost
+    # POSTs, or the request POSTs forever and never ends.
+    bench.settings.create_lookup_grace_seconds = 60
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", CloudConnectionError("dropped", "POST", "/x"))
+    bench.client.on("list_servers", ServerPage([], 0))
+    fence, errors = bench.get(request_id).fence, 0
+    for _run in range(50):
+        retries.clear()
+        try:
+            run_task(create_server, request_id, fence, transient_errors=errors)
+        except RuntimeError:
+            fence, errors, seconds = retries[0]
+            intent = bench.get(request_id).create_intent_at
+            if intent is not None:  # the countdown passes
+                bench.set(request_id, create_intent_at=as_utc(intent) - timedelta(seconds=seconds))
+            continue
+        break
+
+    assert bench.get(request_id).state is S.FAILED  # before: still CREATING, POSTing
+    assert bench.client.count("create_servers") <= base.MAX_TRANSIENT_ERRORS + 1
