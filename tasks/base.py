@@ -168,11 +168,15 @@ def error_code_of(exc: CloudError) -> str:
 def give_up(session: Session, request: ServerRequest, step: Step, code: str, message: str) -> None:
     """End whatever the request was doing, for a reason no retry will change.
 
-    An unfinished request is FAILED at ``step``. A finished one (cancelled or failed) that was
+    An unfinished request is FAILED at ``step`` (a create that may be in the cloud stays
+    recorded, for the retry to look up). A finished one (cancelled or failed) that was
     still cleaning up stops: the server it was deleting is named in its error, for an operator,
     and a create job it was watching is handed to the stray sweeper.
     """
-    request.create_intent_at = None
+    if request.state is S.CANCELLED:
+        # A FAILED request keeps its intent: the marker is how a retry finds a create whose
+        # answer was lost, instead of creating a second server beside it.
+        request.create_intent_at = None
     if request.job_id and request.state is S.CANCELLED:
         stray = StrayServer(request_id=request.id, create_job_id=request.job_id, reason=message)
         session.add(stray)

@@ -6,9 +6,10 @@ import pytest
 
 from bms.client import CreateResult, ServerPage
 from bms.exceptions import BadRequest, CloudConnectionError, Throttled
+from models.base import utcnow
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState
-from tasks.base import StaleChain
+from tasks.base import MAX_TRANSIENT_ERRORS, StaleChain
 from tasks.control import cancel, retry
 from tasks.create import create_server
 from tests.tasks.stepkit import next_task
@@ -151,3 +152,25 @@ def test_a_cancelled_request_whose_create_was_never_made_finds_nothing_and_stops
     assert stored.state is S.CANCELLED and stored.create_intent_at is None
     assert next_task(outcome) is None
     assert bench.client.count("create_servers") == 1  # a cancelled request never creates
+
+
+def test_a_request_failed_while_its_create_may_be_in_the_cloud_keeps_its_marker(bench):
+    # The POST's answer was lost, then the look-up kept failing until the budget ran out: the
+    # request FAILS, but the server that POST may have made must still be found by the retry.
+    request_id = bench.add(
+        S.CREATING, attempt=1, create_serial=1, create_marker="m1", create_intent_at=utcnow()
+    )
+    bench.client.on("list_servers", CloudConnectionError("dropped", "GET", "/x"))
+    fence = bench.get(request_id).fence
+    create_server.task(
+        request_id=str(request_id), fence=fence, transient_errors=MAX_TRANSIENT_ERRORS
+    )
+    assert bench.get(request_id).state is S.FAILED
+
+    retry(bench.sessions, [request_id])
+    bench.client.on("list_servers", listed(("srv-1", "m1")))
+    create_server(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.server_id) == (S.BUILDING, "srv-1")  # before: a second POST
+    assert bench.client.count("create_servers") == 0
