@@ -46,6 +46,9 @@ def sweep_strays() -> int:
             break  # no quota now: the next sweep goes on
         except CloudError as exc:
             _note_failure(stray_id, str(exc))
+        except Exception as exc:  # an unreadable answer: counted, so it cannot stop the sweep
+            log.exception("stray %s: unexpected error", stray_id)
+            _note_failure(stray_id, f"{type(exc).__name__}: {exc}")
     return len(stray_ids)
 
 

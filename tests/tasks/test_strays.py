@@ -48,3 +48,20 @@ def test_a_stray_that_cannot_be_deleted_is_abandoned_with_its_server_named(bench
     assert bench.client.count("delete_servers") == MAX_STRAY_ATTEMPTS
     notes = [detail or "" for _f, _t, detail in bench.events(request_id)]
     assert any("srv-stuck" in n and "by hand" in n for n in notes)
+
+
+def test_a_stray_whose_answer_is_unreadable_does_not_stop_the_sweep(bench):
+    request_id = queue_stray(bench, create_job_id="job-odd")
+    with session_scope(bench.sessions) as session:
+        session.add(StrayServer(request_id=request_id, server_id="srv-b", reason="second match"))
+    odd = ValueError("a body nobody expected")
+    bench.client.on("show_job", lambda job_id: odd if job_id == "job-odd" else job("RUNNING"))
+    bench.client.on("delete_servers", "del-b")
+
+    for _sweep in range(MAX_STRAY_ATTEMPTS):
+        sweep_strays()  # before: ValueError, every sweep, and srv-b was never deleted
+
+    strays = {s.create_job_id or s.server_id: s for s in bench.strays(request_id)}
+    assert bench.client.count("delete_servers") == 1
+    assert strays["srv-b"].state is StrayState.DELETING
+    assert strays["job-odd"].state is StrayState.ABANDONED
