@@ -98,6 +98,11 @@ def _create_job_read(stray_id: int, job) -> None:
 
 def _delete_job_read(stray_id: int, job) -> None:
     if job.outcome is JobOutcome.RUNNING:
+        with session_scope(runtime().sessions) as session:
+            # Nothing writes a stray while its delete runs: its last write dates the delete.
+            since = as_utc(session.get(StrayServer, stray_id).updated_at)
+        if utcnow() > since + timedelta(seconds=DEADLINES[JobKind.DELETE]):
+            _note_failure(stray_id, f"delete job {job.job_id} never ended")
         return
     if job.outcome is JobOutcome.DONE:
         _finish(stray_id, StrayState.DELETED, None)

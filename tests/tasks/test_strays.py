@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from models.db import session_scope
-from models.records import StrayServer, StrayState
+from models.records import JobKind, StrayServer, StrayState
 from models.states import RequestState
 from tasks.strays import MAX_STRAY_ATTEMPTS, sweep_strays
+from tasks.timing import DEADLINES
 from tests.tasks.stepkit import job
 
 S = RequestState
@@ -65,3 +68,19 @@ def test_a_stray_whose_answer_is_unreadable_does_not_stop_the_sweep(bench):
     assert bench.client.count("delete_servers") == 1
     assert strays["srv-b"].state is StrayState.DELETING
     assert strays["job-odd"].state is StrayState.ABANDONED
+
+
+def test_a_stray_whose_delete_job_never_ends_is_deleted_again_then_abandoned(bench):
+    request_id = queue_stray(bench, server_id="srv-slow")
+    bench.client.on("delete_servers", "del-slow")
+    bench.client.on("show_job", job("RUNNING", job_id="del-slow"))
+    for _sweep in range(2 * MAX_STRAY_ATTEMPTS + 2):
+        sweep_strays()
+        with session_scope(bench.sessions) as session:  # each sweep, the deadline passes
+            for stray in session.query(StrayServer):
+                stray.updated_at -= timedelta(seconds=DEADLINES[JobKind.DELETE] + 1)
+
+    (stray,) = bench.strays(request_id)
+    assert stray.state is StrayState.ABANDONED  # before: DELETING for ever
+    notes = [detail or "" for _f, _t, detail in bench.events(request_id)]
+    assert any("srv-slow" in n and "by hand" in n for n in notes)
