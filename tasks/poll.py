@@ -17,7 +17,15 @@ from datetime import timedelta
 
 from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
-from models.records import AttachmentState, CloudJob, JobKind, ServerRequest, transition
+from models.records import (
+    AttachmentState,
+    CloudJob,
+    JobKind,
+    ServerRequest,
+    StrayServer,
+    record_note,
+    transition,
+)
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
@@ -133,6 +141,11 @@ def _create_done(session, request: ServerRequest, server_id: str) -> Next:
 
 
 def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> Next:
+    if request.job_id and failure.code == TIMEOUT_CODE and not failure.server_ids:
+        # The job still runs and may yet make a server: the stray sweeper watches it to its end.
+        reason = f"create job {request.job_id} past its deadline"
+        session.add(StrayServer(request_id=request.id, create_job_id=request.job_id, reason=reason))
+        record_note(session, request, f"{reason}: queued for deletion")
     request.job_id = request.wait_deadline_at = None
     request.server_id = None
     request.create_marker = None

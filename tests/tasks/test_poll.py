@@ -14,6 +14,7 @@ from tasks.base import StaleChain, Wait
 from tasks.control import dispatch
 from tasks.errors import TIMEOUT_CODE
 from tasks.poll import poll_attach_job, poll_create_job, wait_server_built
+from tasks.timing import DEADLINES
 from tests.tasks.stepkit import job, next_task
 
 S = RequestState
@@ -108,3 +109,20 @@ def test_a_cancel_during_the_attach_poll_hands_the_request_to_cleanup(bench):
     stored = bench.get(request_id)
     assert stored.state is S.CANCELLED
     assert next_task(outcome) == "bms.delete_server"
+
+
+def test_a_create_job_past_its_deadline_is_handed_to_the_stray_sweeper(bench):
+    # The job still runs in the cloud and may yet make a server: it must not be forgotten.
+    request_id = building(bench)
+    with session_scope(bench.sessions) as session:
+        session.get(CloudJob, "job-1").created_at = utcnow() - timedelta(
+            seconds=DEADLINES[JobKind.CREATE] + 1
+        )
+    bench.client.on("show_job", job("RUNNING"))
+
+    poll_create_job(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.FAILED and stored.last_error_code == TIMEOUT_CODE
+    # before: no stray, and the server the job made later stayed billed
+    assert [s.create_job_id for s in bench.strays(request_id)] == ["job-1"]
