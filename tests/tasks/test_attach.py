@@ -160,3 +160,25 @@ def test_lost_answers_on_a_free_disk_never_send_more_attaches_than_the_budget(be
     assert bench.client.count("attach_volume") == 3  # before: 6, attempt 6
     assert stored.attachments[0].attempt == 3
     assert stored.state is S.FAILED and stored.failed_step is Step.ATTACH
+
+
+@pytest.mark.xfail(
+    strict=True, reason="review9: a second copy re-POSTs while the first's attach is in flight"
+)
+def test_a_second_copy_does_not_attach_while_the_first_copys_post_is_in_flight(bench):
+    # Copy B runs while copy A's POST has not reached the cloud yet: the disk still shows
+    # available. B must not send a second attach of the same volume under the same token.
+    request_id = attaching(bench)
+    second_copy = bench.chain(request_id)
+
+    def the_other_copy_runs_first(*_args):
+        bench.client.on("attach_volume", "job-1")
+        attach_volume(second_copy)  # sees A's intent, looks at the disk: available
+        return "job-0"
+
+    bench.client.on("attach_volume", the_other_copy_runs_first)
+    bench.client.on("show_volume", volume("available"))
+
+    attach_volume(bench.chain(request_id))
+
+    assert bench.client.count("attach_volume") == 1  # today: 2
