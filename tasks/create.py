@@ -74,7 +74,6 @@ def create_server(chain: Chain) -> Next | None:
         adopted = _adopt_by_marker(chain, body["name"], marker)
         if adopted is not None:
             return adopted
-        _touch_intent(chain)
     return _post_create(chain, body, marker, new_attempt=not in_cloud_maybe)
 
 
@@ -110,6 +109,10 @@ def _adopt_by_marker(chain: Chain, name: str, marker: str) -> Next | None:
             request.create_intent_at = None  # nothing was made: a cancel has nothing to undo
             record_note(session, request, f"no server with marker {marker}: nothing to delete")
             return handoff(request)
+        else:
+            # A new POST with the same marker: its intent starts now, in the transaction that
+            # decided it, so that a second copy deciding next sees it and waits.
+            request.create_intent_at = utcnow()
     if wait is not None:
         raise Wait(wait, "create may still appear", progress=False)
     log.info("%s: marker %s not found after the grace period, creating", chain.request_id, marker)
@@ -136,12 +139,6 @@ def _adopt(session, request: ServerRequest, found: list[dict]) -> Next:
 def _stray(session, request: ServerRequest, *, reason: str, **ids: str) -> None:
     session.add(StrayServer(request_id=request.id, reason=reason, **ids))
     record_note(session, request, f"{reason}: queued for deletion")
-
-
-def _touch_intent(chain: Chain) -> None:
-    """A new POST with the same marker: its intent starts now."""
-    with claim(chain) as (_session, request):
-        request.create_intent_at = utcnow()
 
 
 def _post_create(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
+
 import pytest
 
 from bms.client import CreateResult, ServerPage
@@ -9,7 +14,8 @@ from bms.exceptions import BadRequest, CloudConnectionError, Throttled
 from models.base import utcnow
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState
-from tasks.base import MAX_TRANSIENT_ERRORS, StaleChain
+from tasks import create as create_module
+from tasks.base import MAX_TRANSIENT_ERRORS, StaleChain, Wait, claim
 from tasks.control import cancel, retry
 from tasks.create import create_server
 from tests.tasks.stepkit import next_task
@@ -174,3 +180,58 @@ def test_a_request_failed_while_its_create_may_be_in_the_cloud_keeps_its_marker(
     stored = bench.get(request_id)
     assert (stored.state, stored.server_id) == (S.BUILDING, "srv-1")  # before: a second POST
     assert bench.client.count("create_servers") == 0
+
+
+def test_two_copies_that_both_find_no_server_send_one_post(bench, monkeypatch):
+    # Two copies of the step (a redelivery) look a lost create up, past the grace, and find
+    # nothing. The second decides right after the first: it must see the first's new intent
+    # and wait, not POST beside it (a second billed server, deleted later as a stray).
+    bench.settings.create_lookup_grace_seconds = 60
+    long_ago = utcnow() - timedelta(seconds=120)
+    request_id = bench.add(
+        S.CREATING, attempt=1, create_serial=1, create_marker="m1", create_intent_at=long_ago
+    )
+    first, second = bench.chain(request_id), bench.chain(request_id)
+    first_decided, second_decided = threading.Event(), threading.Event()
+    second_went_on = threading.Event()
+    claims = {id(first): 0, id(second): 0}
+
+    @contextmanager
+    def counted_claim(chain, **kwargs):
+        try:
+            with claim(chain, **kwargs) as held:
+                yield held
+        finally:
+            claims[id(chain)] += 1
+            if chain is first and claims[id(first)] == 2:  # its look-up decided to create
+                first_decided.set()
+                second_decided.wait(30)  # the second copy's look-up ends now
+            if chain is second and claims[id(second)] == 2:
+                second_decided.set()
+            if chain is second and claims[id(second)] == 3:  # its intent touched, POST next
+                second_went_on.set()
+
+    def first_post(*_args):
+        second_went_on.wait(30)  # the second copy has decided (and touched, or waits)
+        return CreateResult("job-1")
+
+    def second_copy():
+        first_decided.wait(30)
+        with contextlib.suppress(Wait, StaleChain):
+            create_server(second)
+        second_went_on.set()
+
+    monkeypatch.setattr(create_module, "claim", counted_claim)
+    bench.client.on("list_servers", listed())
+    bench.client.on(
+        "create_servers",
+        lambda body: first_post() if threading.current_thread() is main else CreateResult("job-2"),
+    )
+    main = threading.current_thread()
+    other = threading.Thread(target=second_copy)
+    other.start()
+    with contextlib.suppress(Wait, StaleChain):
+        create_server(first)
+    other.join(30)
+
+    assert bench.client.count("create_servers") == 1  # before: 2
