@@ -183,3 +183,5 @@ def _reset_for_retry(request: ServerRequest, resume_state: RequestState) -> None
     for attachment in request.attachments:
         if attachment.state is AttachmentState.FAILED:
             attachment.state, attachment.attempt = AttachmentState.PENDING, 0
+        elif attachment.state is AttachmentState.ATTACHING:
+            attachment.attempt = 0  # left in flight (its answers lost): a fresh budget too

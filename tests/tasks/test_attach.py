@@ -9,6 +9,7 @@ from models.records import AttachmentState
 from models.states import RequestState, Step
 from tasks.attach import attach_volume
 from tasks.base import StaleChain, Wait
+from tasks.control import retry
 from tests.tasks.stepkit import next_task, volume
 
 S = RequestState
@@ -182,3 +183,26 @@ def test_a_second_copy_does_not_attach_while_the_first_copys_post_is_in_flight(b
     attach_volume(bench.chain(request_id))
 
     assert bench.client.count("attach_volume") == 1  # today: 2
+
+
+def test_a_retry_gives_an_attach_left_in_flight_a_fresh_budget(bench):
+    # The request FAILED while an attach whose answers were lost was still unsettled (its
+    # budget spent): the operator's retry is a fresh budget for that volume too.
+    request_id = attaching(bench)
+    bench.client.on("attach_volume", DROPPED)
+    bench.client.on("show_volume", volume("available"))
+    for _run in range(3):
+        with pytest.raises(CloudConnectionError):
+            attach_volume(bench.chain(request_id))
+    bench.client.on("show_volume", CloudConnectionError("dropped", "GET", "/volume"))
+    attach_volume.task(
+        request_id=str(request_id), fence=bench.get(request_id).fence, transient_errors=6
+    )
+    assert bench.get(request_id).state is S.FAILED
+
+    retry(bench.sessions, [request_id])
+    bench.client.on("show_volume", volume("available"))
+    bench.client.on("attach_volume", "job-9")
+    attach_volume(bench.chain(request_id))
+
+    assert bench.get(request_id).attachments[0].job_id == "job-9"
