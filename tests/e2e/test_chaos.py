@@ -101,8 +101,11 @@ def test_chaos_ends_every_request_with_exactly_its_servers(stack_factory, sessio
     assert all(n == 1 for n in markers.values()), markers  # nothing made twice
     by_id = {s["id"]: s for s in cloud}
     keeps = {r.server_id for r in requests if r.state is S.ACTIVE}
-    # A request FAILED after its server was built keeps it, so that a retry resumes there.
+    # A request FAILED after its server was built keeps it, so that a retry resumes there; one
+    # FAILED while its create may be in the cloud keeps its marker, so that a retry adopts it.
     keeps |= {r.server_id for r in requests if r.state is S.FAILED and r.server_id}
+    kept_markers = {r.create_marker for r in requests if r.state is S.FAILED and r.create_intent_at}
+    keeps |= {s["id"] for s in cloud if s["metadata"].get(MARKER_METADATA_KEY) in kept_markers}
     assert set(by_id) == keeps, "a live server no request owns, or an owned one gone"
     for request in requests:
         if request.state is not S.ACTIVE:
