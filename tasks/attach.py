@@ -102,7 +102,7 @@ def _look_at_disk(chain: Chain, target: tuple, attach_next: bool = False) -> Nex
     volume = runtime().client.resources.show_volume(volume_id)
     status = volume.get("status")
     here = any(a.get("server_id") == server_id for a in volume.get("attachments") or [])
-    wait = None
+    wait, progress = None, True
     with claim(chain) as (session, request):
         attachment = request.attachments[position]
         if request.state is not S.ATTACHING or attachment.intent_at is None:
@@ -116,6 +116,10 @@ def _look_at_disk(chain: Chain, target: tuple, attach_next: bool = False) -> Nex
                 return _attach_refused(session, request, attachment, TIMEOUT_CODE, "never settled")
             wait = first_poll(JobKind.ATTACH)
             advance(request)
+        elif status == "available" and _recent(attachment.intent_at):
+            # Another copy's POST may still be on its way to the cloud: give it time to show.
+            wait, progress = first_poll(JobKind.ATTACH), False
+            advance(request)
         elif status == "available":
             if attach_next and attachment.attempt >= runtime().settings.max_attempts:
                 attachment.intent_at = None
@@ -126,7 +130,13 @@ def _look_at_disk(chain: Chain, target: tuple, attach_next: bool = False) -> Nex
             attachment.intent_at = None
             reason = f"is {status}" + ("" if here else " on another server")
             return _attach_refused(session, request, attachment, "BMS.0103", reason)
-    raise Wait(wait, "an attach of this disk is running")
+    raise Wait(wait, "an attach of this disk may be running", progress=progress)
+
+
+def _recent(intent_at) -> bool:
+    """Whether an attach intent is younger than the look-up grace (its POST may be in flight)."""
+    grace = timedelta(seconds=runtime().settings.create_lookup_grace_seconds)
+    return utcnow() - as_utc(intent_at) < grace
 
 
 def _attached(session, request: ServerRequest, attachment, how: str) -> Next:

@@ -38,14 +38,41 @@ def delete_server(chain: Chain) -> Next | None:
     except CloudAPIError as exc:
         if exc.transient:
             raise
-        return _finished(chain, f"delete of {server_id} refused: {exc}")
+        return _delete_refused(chain, server_id, exc)
     with claim(chain) as (session, request):
         if request.cleanup_server_id != server_id:
             return handoff(request)
+        request.wait_deadline_at = None
         request.cleanup_job_id = job_id
         request.cleanup_attempts += 1
         session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.DELETE))
         return handoff(request, first_poll(JobKind.DELETE))
+
+
+def _delete_refused(chain: Chain, server_id: str, exc: CloudAPIError) -> Next:
+    """A refused delete may be an earlier delete of ours, whose answer was lost, still running:
+    the server is watched until it is gone (up to the delete deadline) before anything is given
+    up. A server that is not going anywhere was refused for good: an operator must delete it."""
+    try:
+        server = runtime().client.show_server(server_id)
+    except NotFound:
+        return _finished(chain, f"server {server_id} gone")
+    if server.get("status") == "DELETED":
+        return _finished(chain, f"server {server_id} deleted")
+    if server.get("OS-EXT-STS:task_state") != "deleting":
+        message = f"delete of server {server_id} refused ({exc}): delete it by hand"
+        log.error("%s: %s", chain.request_id, message)
+        return _finished(chain, message, error=exc.error_code)
+    with claim(chain) as (session, request):
+        if request.cleanup_server_id != server_id:
+            return handoff(request)
+        if request.wait_deadline_at is None:
+            request.wait_deadline_at = utcnow() + timedelta(seconds=DEADLINES[JobKind.DELETE])
+        elif utcnow() > as_utc(request.wait_deadline_at):
+            request.wait_deadline_at = None
+            return _delete_failed(session, request, server_id, TIMEOUT_CODE)
+        advance(request)
+    raise Wait(next_poll(JobKind.DELETE, 1), "an earlier delete of the server is running")
 
 
 @step_task("bms.poll_delete_job", Step.CREATE)
@@ -97,14 +124,17 @@ def _delete_failed(session, request: ServerRequest, server_id: str, code: str | 
     return _clear(session, request, request.last_error_message)
 
 
-def _finished(chain: Chain, detail: str) -> Next:
+def _finished(chain: Chain, detail: str, error: str | None = None) -> Next:
     with claim(chain) as (session, request):
+        if error is not None:
+            request.last_error_code, request.last_error_message = error, detail
         return _clear(session, request, detail)
 
 
 def _clear(session, request: ServerRequest, detail: str) -> Next:
     request.cleanup_server_id = request.cleanup_job_id = None
     request.cleanup_attempts = 0
+    request.wait_deadline_at = None
     record_note(session, request, detail)
     # The next create attempt waits out its backoff; anything else goes on at once.
     backoff = create_backoff(request.attempt) if request.state is RequestState.CREATING else 0

@@ -163,18 +163,17 @@ def test_lost_answers_on_a_free_disk_never_send_more_attaches_than_the_budget(be
     assert stored.state is S.FAILED and stored.failed_step is Step.ATTACH
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review9: a second copy re-POSTs while the first's attach is in flight"
-)
 def test_a_second_copy_does_not_attach_while_the_first_copys_post_is_in_flight(bench):
     # Copy B runs while copy A's POST has not reached the cloud yet: the disk still shows
     # available. B must not send a second attach of the same volume under the same token.
+    bench.settings.create_lookup_grace_seconds = 60
     request_id = attaching(bench)
     second_copy = bench.chain(request_id)
 
     def the_other_copy_runs_first(*_args):
         bench.client.on("attach_volume", "job-1")
-        attach_volume(second_copy)  # sees A's intent, looks at the disk: available
+        with pytest.raises(Wait):
+            attach_volume(second_copy)  # sees A's intent, looks at the disk: available, waits
         return "job-0"
 
     bench.client.on("attach_volume", the_other_copy_runs_first)

@@ -12,6 +12,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.records import CloudJob, JobKind
 from models.states import RequestState
+from tasks.base import Wait
 from tasks.cleanup import delete_server, poll_delete_job
 from tasks.errors import TIMEOUT_CODE
 from tests.tasks.stepkit import job, next_task
@@ -68,9 +69,6 @@ def test_a_server_already_gone_ends_the_cleanup(bench):
     assert bench.get(request_id).cleanup_server_id is None
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review9: a delete refused as already running is not watched"
-)
 def test_a_delete_whose_answer_was_lost_is_not_given_up_when_the_retry_is_refused(bench):
     # The delete POST reached the cloud but its answer was lost; the re-sent delete is refused
     # because the server is being deleted. That delete's job is unknown and may still fail:
@@ -82,6 +80,27 @@ def test_a_delete_whose_answer_was_lost_is_not_given_up_when_the_retry_is_refuse
     being_deleted = BadRequest(400, "BMS.0040", "The server srv-1 is being deleted.")
     bench.client.on("delete_servers", being_deleted)
 
-    delete_server(bench.chain(request_id))
+    deleting = {"id": "srv-1", "status": "ACTIVE", "OS-EXT-STS:task_state": "deleting"}
+    bench.client.on("show_server", deleting)
 
-    assert bench.get(request_id).cleanup_server_id == "srv-1"  # today: cleared, unwatched
+    with pytest.raises(Wait):
+        delete_server(bench.chain(request_id))  # watched, not given up
+
+    assert bench.get(request_id).cleanup_server_id == "srv-1"
+    # That unknown delete failed: the server is back, and is deleted again.
+    bench.client.on("delete_servers", "del-2")
+    assert next_task(delete_server(bench.chain(request_id))) == "bms.poll_delete_job"
+    assert bench.get(request_id).cleanup_job_id == "del-2"
+
+
+def test_a_delete_refused_for_good_names_the_server_for_an_operator(bench):
+    request_id = cancelled_with_server(bench)
+    bench.client.on("delete_servers", BadRequest(400, "BMS.0208", "prePaid: unsubscribe instead"))
+    bench.client.on("show_server", {"id": "srv-1", "status": "ACTIVE"})
+
+    assert next_task(delete_server(bench.chain(request_id))) is None
+
+    stored = bench.get(request_id)
+    assert stored.cleanup_server_id is None
+    assert stored.last_error_code == "BMS.0208"
+    assert "srv-1" in stored.last_error_message and "by hand" in stored.last_error_message
