@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import batches, errors, health, metrics, openapi, server_requests, ui, webhooks
 from api.auth import require_token
+from api.edge import Edge
+from api.schemas import Problem
 from models.db import make_engine, make_session_factory
 from worker.app import TASK_MODULES
 from worker.settings import Settings
@@ -71,14 +73,19 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     errors.install(app)
     app.include_router(health.router)
     protected = [Depends(require_token)]
-    app.include_router(batches.router, dependencies=protected)
-    app.include_router(server_requests.router, dependencies=protected)
-    app.include_router(webhooks.router, dependencies=protected)
-    app.include_router(metrics.router, dependencies=protected)
+    unauthorized = {401: {"model": Problem, "description": "No token, or not BMS_API_TOKEN."}}
+    for router in (batches.router, server_requests.router, webhooks.router, metrics.router):
+        app.include_router(router, dependencies=protected, responses=unauthorized)
     # The dashboard: its own auth (the token, or the session cookie made from it).
     app.include_router(ui.router)
     app.include_router(ui.pages)
     app.add_exception_handler(ui.LoginRequired, ui.login_required)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     openapi.install(app)
+    open_paths = {"/healthz", app.docs_url, app.redoc_url, app.openapi_url}
+    open_paths.add(app.swagger_ui_oauth2_redirect_url)
+    # /ui answers for itself: a page without the session sends the browser to its login.
+    app.add_middleware(
+        Edge, settings=settings, open_paths=open_paths - {None}, open_prefixes=("/ui/", "/ui")
+    )
     return app

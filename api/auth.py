@@ -1,7 +1,9 @@
 """Bearer-token auth: when ``BMS_API_TOKEN`` is set, every protected route needs it.
 
 The dashboard's session cookie (``api/session.py``) is accepted as well: it is derived from the
-same token, so the API and the dashboard have one credential.
+same token, so the API and the dashboard have one credential. The check that counts runs at the
+edge (``api.edge``), before the body is read; this dependency repeats it for the routes, so that
+the OpenAPI page shows the bearer scheme.
 """
 
 from __future__ import annotations

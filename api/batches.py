@@ -25,7 +25,7 @@ from api.schemas import (
 )
 from models.db import session_scope
 from models.records import BatchSource
-from models.spec import SpecError, parse_batch
+from models.spec import MAX_IDEMPOTENCY_KEY, SpecError, parse_batch
 from models.states import RequestState
 from tasks import control
 from tasks.intake import submit
@@ -38,6 +38,9 @@ MAX_PAGE = 1000
 
 NOT_FOUND = {404: {"model": Problem, "description": "No batch has this id."}}
 INVALID = {422: {"model": InvalidRequest, "description": "Each bad field, named by its path."}}
+TOO_LARGE = {413: {"model": Problem, "description": "The body is over BMS_API_MAX_BODY_BYTES."}}
+#: Paging stays within what every database takes as LIMIT/OFFSET.
+MAX_OFFSET = 1_000_000_000
 
 EXAMPLE_BATCH = {
     "name": "example-rack-a",
@@ -91,6 +94,7 @@ def _not_found(batch_id: uuid.UUID) -> HTTPException:
         },
         **INVALID,
         503: {"model": Problem, "description": "A dry run could not read the cloud."},
+        **TOO_LARGE,
     },
 )
 def submit_batch(
@@ -102,7 +106,7 @@ def submit_batch(
         Header(
             alias="Idempotency-Key",
             min_length=1,
-            max_length=128,
+            max_length=MAX_IDEMPOTENCY_KEY,
             description="A resubmission with the same key returns the first batch.",
         ),
     ] = None,
@@ -122,6 +126,9 @@ def submit_batch(
     With an ``Idempotency-Key`` already used, nothing is created: the answer is **200** with the
     first batch's id and requests (their states as they are now), whatever this body holds.
     A batch that does not validate answers **422** naming every bad field; nothing is stored.
+    So does one of more than ``BMS_MAX_BATCH_SERVERS`` servers (counts included), nested deeper
+    than 32 levels, or holding control characters. A body over ``BMS_API_MAX_BODY_BYTES`` is
+    refused with **413** before it is read.
 
     With ``dry_run=true`` nothing is stored and nothing is created: the answer is **200** with
     the preflight's report (``ok``, each problem with its field and servers, the account's
@@ -129,7 +136,7 @@ def submit_batch(
     **503** when the cloud cannot be read now.
     """
     try:
-        spec = parse_batch(batch)
+        spec = parse_batch(batch, settings.max_batch_servers)
     except SpecError as exc:
         raise InvalidFields(exc.errors) from None
     if dry_run_:
@@ -151,7 +158,7 @@ def submit_batch(
 def list_batches(
     sessions: Sessions,
     limit: Annotated[int, Query(ge=1, le=500, description="Batches per page.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Batches to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Batches to skip.")] = 0,
 ) -> BatchPage:
     """A page of batches with their requests counted per state; ``total`` counts them all."""
     with session_scope(sessions) as session:

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerUnreachable
+from starlette.exceptions import HTTPException
 
+from models.bounds import MAX_DEPTH
 from models.spec import field_path
 
 log = logging.getLogger("bms.api")
@@ -72,7 +75,16 @@ async def _broker_unreachable(_request: Request, exc: BrokerUnreachable) -> JSON
     return JSONResponse({"detail": BROKER_DOWN}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # FastAPI answers 400 "error parsing the body" for a JSON nested beyond what its parser
+    # takes (about 1,000 levels); that is the nesting rule, so say it like the spec does.
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        return _response([("body", f"nested deeper than {MAX_DEPTH} levels")])
+    return await http_exception_handler(request, exc)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidFields, _invalid_fields)
     app.add_exception_handler(BrokerUnreachable, _broker_unreachable)

@@ -19,13 +19,19 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
+
+from models import bounds
+from models.bounds import field_path
 
 #: CJK, ASCII letters and digits, ``_ - .`` (section 5).
 SERVER_NAME = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9_.\-]+$")
@@ -41,9 +47,29 @@ MARKER_METADATA_KEY = "bms_orchestrator_marker"
 
 MAX_COUNT = 100
 MAX_DISKS = 60
+#: Server entries in a batch file (each may ask for ``count`` servers).
+MAX_SERVER_ENTRIES = 1000
+#: Servers of one batch once counts are expanded (``BMS_MAX_BATCH_SERVERS`` changes it).
+DEFAULT_MAX_BATCH_SERVERS = 10_000
+#: Bounds of our own where the cloud documents none: a neutron port's address pairs, a server's
+#: security groups, metadata entries (a server's; a volume's, whose known keys are two).
+MAX_ADDRESS_PAIRS = 10
+MAX_SECURITY_GROUPS = 10
+MAX_METADATA_ITEMS = 64
+MAX_VOLUME_METADATA_ITEMS = 8
+#: Every string of a batch, unless its field says otherwise (metadata's limit is the cloud's).
+MAX_STRING = 255
+#: The longest ``Idempotency-Key`` (header or ``bms.submit_batch`` argument).
+MAX_IDEMPOTENCY_KEY = 128
 MAX_SERVER_TAGS = 9  # 10 per server, one taken by __type_baremetal
 MAX_NOVA_TAGS = 49  # 50 per server, one taken by __type_baremetal
 USER_DATA_MAX_BYTES = 32 * 1024
+#: Its base64 form: 4 characters per 3 bytes, padded.
+USER_DATA_MAX_CHARS = 4 * -(-USER_DATA_MAX_BYTES // 3)
+
+#: Integers must be JSON integers: ``"5"``, ``true`` and ``2.0`` are refused.
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
 
 
 class FieldRuleError(ValueError):
@@ -58,7 +84,7 @@ class FieldRuleError(ValueError):
 class SpecModel(BaseModel):
     """Strict base: unknown fields are errors that name the field."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, str_max_length=MAX_STRING)
 
 
 class AllowedAddressPair(SpecModel):
@@ -69,30 +95,32 @@ class AllowedAddressPair(SpecModel):
 class Nic(SpecModel):
     subnet_id: str = Field(min_length=1)
     ip_address: str | None = None
-    allowed_address_pairs: list[AllowedAddressPair] | None = None
+    allowed_address_pairs: list[AllowedAddressPair] | None = Field(
+        default=None, max_length=MAX_ADDRESS_PAIRS
+    )
 
 
 class VolumeBase(SpecModel):
     volumetype: Literal["SATA", "SAS", "SSD"]
     cluster_id: str | None = None
     cluster_type: Literal["DSS"] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=MAX_VOLUME_METADATA_ITEMS)
 
 
 class RootVolume(VolumeBase):
-    size: int = Field(ge=40, le=1024)
+    size: StrictInt = Field(ge=40, le=1024)
 
 
 class DataVolume(VolumeBase):
-    size: int = Field(ge=10, le=32768)
-    shareable: bool | None = None
+    size: StrictInt = Field(ge=10, le=32768)
+    shareable: StrictBool | None = None
 
 
 class ExtendParam(SpecModel):
     chargingMode: Literal["prePaid", "postPaid"] = "postPaid"
     regionID: str | None = None
     periodType: Literal["month", "year"] | None = None
-    periodNum: int | None = None
+    periodNum: StrictInt | None = None
     isAutoRenew: Literal["true", "false"] | None = None
     isAutoPay: Literal["true", "false"] | None = None
     enterprise_project_id: str | None = None
@@ -118,7 +146,7 @@ class SecurityGroup(SpecModel):
 
 class Bandwidth(SpecModel):
     sharetype: Literal["PER", "WHOLE"]
-    size: int | None = Field(default=None, ge=1, le=2000)
+    size: StrictInt | None = Field(default=None, ge=1, le=2000)
     id: str | None = None
     name: str | None = None
     chargemode: Literal["traffic", "bandwidth"] | None = None
@@ -178,6 +206,16 @@ class AttachVolume(SpecModel):
 NovaTag = Annotated[str, Field(min_length=1, max_length=80)]
 
 
+def _cloud_name(name: str) -> str:
+    if not SERVER_NAME.match(name):
+        raise ValueError("only CJK characters, letters, digits, '_', '-' and '.' are allowed")
+    return name
+
+
+#: A batch's name follows the cloud's rules for a server's name.
+BatchName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_cloud_name)]
+
+
 class ServerSpec(SpecModel):
     """One server request: the create body's fields and the orchestrator's own."""
 
@@ -187,28 +225,28 @@ class ServerSpec(SpecModel):
     vpcid: str = Field(min_length=1)
     nics: list[Nic] = Field(min_length=1, max_length=2)
     availability_zone: str = Field(min_length=1)
-    metadata: dict[str, str]
+    metadata: dict[str, str] = Field(max_length=MAX_METADATA_ITEMS)
     extendparam: ExtendParam = Field(default_factory=ExtendParam)
     root_volume: RootVolume | None = None
-    data_volumes: list[DataVolume] | None = None
+    data_volumes: list[DataVolume] | None = Field(default=None, max_length=MAX_DISKS)
     key_name: str | None = Field(default=None, min_length=1, max_length=64)
     adminPass: str | None = None
-    user_data: str | None = None
-    security_groups: list[SecurityGroup] | None = None
+    user_data: str | None = Field(default=None, max_length=USER_DATA_MAX_CHARS)
+    security_groups: list[SecurityGroup] | None = Field(
+        default=None, max_length=MAX_SECURITY_GROUPS
+    )
     publicip: PublicIp | None = None
     server_tags: list[ServerTag] | None = Field(default=None, max_length=MAX_SERVER_TAGS)
     schedulerHints: SchedulerHints | None = None
     # Orchestrator fields, not sent in the create body.
-    attach_volumes: list[AttachVolume] = Field(default_factory=list)
+    attach_volumes: list[AttachVolume] = Field(default_factory=list, max_length=MAX_DISKS)
     tags: list[NovaTag] = Field(default_factory=list, max_length=MAX_NOVA_TAGS)
-    count: int = Field(default=1, ge=1, le=MAX_COUNT)
+    count: StrictInt = Field(default=1, ge=1, le=MAX_COUNT)
 
     @field_validator("name")
     @classmethod
     def _name_chars(cls, name: str) -> str:
-        if not SERVER_NAME.match(name):
-            raise ValueError("only CJK characters, letters, digits, '_', '-' and '.' are allowed")
-        return name
+        return _cloud_name(name)
 
     @field_validator("metadata")
     @classmethod
@@ -338,29 +376,31 @@ class NotifySpec(SpecModel):
         return value
 
 
+def _optional_fields(model: type[SpecModel], name: str, doc: str) -> type[SpecModel]:
+    """``model`` with every field optional and none of its validators: each field keeps its
+    type and size rules, so what is bounded in a server is bounded in ``defaults`` too."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        optional = copy.copy(info)
+        optional.default = None
+        optional.default_factory = None
+        fields[field_name] = (info.annotation | None, optional)
+    return create_model(name, __base__=SpecModel, __doc__=doc, **fields)
+
+
+ServerDefaults = _optional_fields(
+    ServerSpec, "ServerDefaults", "Fields merged into every server; a server's own fields win."
+)
+
+
 class BatchSpec(SpecModel):
     """A batch file: a name, optional defaults merged into each server, the servers, and
     optionally where to send its webhooks."""
 
-    name: str = Field(min_length=1, max_length=64)
-    defaults: dict[str, Any] | None = None
-    servers: list[ServerSpec] = Field(min_length=1, max_length=1000)
+    name: BatchName
+    defaults: ServerDefaults | None = None
+    servers: list[ServerSpec] = Field(min_length=1, max_length=MAX_SERVER_ENTRIES)
     notify: NotifySpec | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _merge_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        defaults = data.get("defaults")
-        servers = data.get("servers")
-        if not isinstance(defaults, dict) or not isinstance(servers, list):
-            return data
-        merged = [
-            deep_merge(defaults, server) if isinstance(server, dict) else server
-            for server in servers
-        ]
-        return {**data, "servers": merged}
 
     def expand(self) -> list[ExpandedServer]:
         """One entry per server to provision: ``count`` becomes N entries named like the API.
@@ -415,29 +455,16 @@ def deep_merge(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, 
     return merged
 
 
-def field_path(location: tuple[int | str, ...]) -> str:
-    """``('servers', 3, 'nics', 0, 'subnet_id')`` -> ``servers[3].nics[0].subnet_id``."""
-    path = ""
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not path:
-            path = part
-        else:
-            path += f".{part}"
-    return path or "<root>"
-
-
-def _errors_of(exc: ValidationError) -> list[tuple[str, str]]:
+def _errors_of(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
     errors = []
     for error in exc.errors(include_url=False):
-        path = field_path(error["loc"])
+        location = prefix + tuple(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         rule = error.get("ctx", {}).get("error")
         if isinstance(rule, FieldRuleError):
-            path = f"{path}.{rule.field}" if path != "<root>" else rule.field
+            location += tuple(rule.field.split("."))
             message = rule.message
-        errors.append((path, message))
+        errors.append((field_path(location), message))
     return errors
 
 
@@ -459,19 +486,116 @@ def _volumes_used_twice(batch: BatchSpec) -> list[tuple[str, str]]:
     return errors
 
 
-def parse_batch(data: Any) -> BatchSpec:
+class _BatchHead(SpecModel):
+    """A batch with its servers not yet looked into: checked before anything is merged."""
+
+    name: BatchName
+    defaults: ServerDefaults | None = None
+    servers: list[Any] = Field(min_length=1, max_length=MAX_SERVER_ENTRIES)
+    notify: NotifySpec | None = None
+
+
+def _entry_count(entry: Any, defaults: dict[str, Any]) -> int:
+    """The servers an entry asks for; a bad ``count`` counts 1 here and is refused later."""
+    for source in (entry, defaults):
+        if isinstance(source, dict) and "count" in source:
+            count = source["count"]
+            return count if type(count) is int and 1 <= count <= MAX_COUNT else 1
+    return 1
+
+
+def _cost_errors(
+    entries: list[Any], defaults: dict[str, Any], max_servers: int
+) -> list[tuple[str, str]]:
+    """What the batch would cost once merged and expanded, refused before any of that is done."""
+    counts = [_entry_count(entry, defaults) for entry in entries]
+    servers = sum(counts)
+    if servers > max_servers:
+        return [
+            (
+                "servers",
+                f"{servers:,} servers asked for (counts included); a batch may hold at most "
+                f"{max_servers:,} (BMS_MAX_BATCH_SERVERS): split it",
+            )
+        ]
+    per_server = bounds.count_values(defaults)
+    pairs = zip(counts, entries, strict=True)
+    expanded = sum(count * (per_server + bounds.count_values(entry)) for count, entry in pairs)
+    if expanded > bounds.MAX_EXPANDED_VALUES:
+        return [
+            (
+                "servers",
+                f"{expanded:,} values once defaults are merged and counts expanded; at most "
+                f"{bounds.MAX_EXPANDED_VALUES:,}: split the batch",
+            )
+        ]
+    return []
+
+
+def _validate_servers(entries: list[Any], defaults: dict[str, Any]) -> tuple[list, list]:
+    """Merge and validate server by server; stop once :data:`bounds.MAX_ERRORS` are found."""
+    servers, errors = [], []
+    for index, entry in enumerate(entries):
+        merged = deep_merge(defaults, entry) if isinstance(entry, dict) else entry
+        try:
+            servers.append(ServerSpec.model_validate(merged))
+        except ValidationError as exc:
+            errors.extend(_errors_of(exc, ("servers", index)))
+        if len(errors) >= bounds.MAX_ERRORS:
+            errors.append(("servers", f"more errors after servers[{index}] are not listed"))
+            break
+    return servers, errors
+
+
+def parse_batch(data: Any, max_servers: int = DEFAULT_MAX_BATCH_SERVERS) -> BatchSpec:
     """Validate a batch already loaded from JSON or YAML.
 
-    :raises SpecError: naming every bad field.
+    In this order, so that no input costs more than its own size before it is refused: the
+    shape (nesting, control characters, values; see :mod:`models.bounds`), the name and the
+    defaults on their own, the number of servers and the size once expanded, then each server
+    with the defaults merged in. ``max_servers`` caps the servers once counts are expanded.
+
+    :raises SpecError: naming every bad field (at most :data:`bounds.MAX_ERRORS`).
     """
+    errors, _values = bounds.check_shape(data)
+    if errors:
+        raise SpecError(errors)
+    if not isinstance(data, dict):
+        raise SpecError([("<root>", "must be an object: name, servers and optional defaults")])
     try:
-        batch = BatchSpec.model_validate(data)
+        head = _BatchHead.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_errors_of(exc)) from None
+        raise SpecError(_errors_of(exc)[: bounds.MAX_ERRORS]) from None
+    defaults = data.get("defaults") or {}
+    errors = _cost_errors(head.servers, defaults, max_servers)
+    if errors:
+        raise SpecError(errors)
+    servers, errors = _validate_servers(head.servers, defaults)
+    if errors:
+        raise SpecError(errors)
+    batch = BatchSpec(name=head.name, defaults=head.defaults, servers=servers, notify=head.notify)
     errors = _volumes_used_twice(batch)
     if errors:
         raise SpecError(errors)
     return batch
+
+
+def check_idempotency_key(key: Any) -> str | None:
+    """The key as given, when it is one the API would take too (``None``: no key).
+
+    :raises SpecError: naming ``idempotency_key``.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise SpecError([("idempotency_key", "must be a string")])
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        message = f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        raise SpecError([("idempotency_key", message)])
+    problem = bounds.control_characters(key)
+    if problem:
+        raise SpecError([("idempotency_key", problem)])
+    return key
 
 
 def read_batch_file(path: str | Path) -> Any:

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     #: When set, every API route but ``/healthz`` and the docs needs ``Bearer <token>``.
     api_token: SecretStr | None = None
+    #: The largest request body the API takes; a larger one is refused (413) without being read.
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: Servers in one batch once counts are expanded (API, ``bmsctl submit``, the broker).
+    max_batch_servers: int = Field(default=10_000, ge=1)
+    #: Deliveries of one ``bms.submit_batch`` message before it is dead-lettered.
+    max_deliveries: int = Field(default=5, ge=2, le=100)
 
     #: Flower, the Celery dashboard that ``bmsctl up`` starts; off loopback it refuses to start
     #: without ``flower_basic_auth`` (``user:password``).

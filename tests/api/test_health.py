@@ -1,9 +1,13 @@
-"""GET /healthz: 200 when the database and Redis answer, 503 naming the one that does not."""
+"""GET /healthz: 200 when the database and Redis answer, 503 naming the one that does not
+(and why, to a caller with the token)."""
 
 from __future__ import annotations
 
 from bmsctl.processes import free_port
 from models.db import make_engine, make_session_factory
+from tests.api.helpers import TOKEN
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_healthy_when_database_and_broker_answer(client):
@@ -19,9 +23,9 @@ def test_healthy_when_database_and_broker_answer(client):
 
 def test_unavailable_broker_is_503_and_named(make_client):
     # Nothing listens there: the port was free a moment ago.
-    client = make_client(redis_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    client = make_client(redis_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0", api_token=TOKEN)
 
-    response = client.get("/healthz")
+    response = client.get("/healthz", headers=AUTH)
 
     assert response.status_code == 503
     body = response.json()
@@ -32,12 +36,12 @@ def test_unavailable_broker_is_503_and_named(make_client):
 
 
 def test_unavailable_database_is_503_and_named(make_client, tmp_path):
-    client = make_client()
+    client = make_client(api_token=TOKEN)
     # SQLite cannot create a database file in a directory that does not exist.
     engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'bms.db'}")
     client.app.state.sessions = make_session_factory(engine)
 
-    response = client.get("/healthz")
+    response = client.get("/healthz", headers=AUTH)
 
     assert response.status_code == 503
     body = response.json()

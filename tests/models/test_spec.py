@@ -84,7 +84,7 @@ def test_error_path_points_into_the_nested_field():
         ({"key_name": None}, "servers[0].key_name", "login mode"),
         ({"adminPass": "Secret-pass-1"}, "servers[0].adminPass", "use key_name"),
         ({"metadata": {}}, "servers[0].metadata", "op_svc_userid"),
-        ({"metadata": {"op_svc_userid": "u", "k": "v" * 256}}, "servers[0].metadata", "255"),
+        ({"metadata": {"op_svc_userid": "u", "k": "v" * 256}}, "servers[0].metadata.k", "255"),
         (
             {"metadata": {"op_svc_userid": "u", "admin_pass": "x"}},
             "servers[0].metadata",
