@@ -76,10 +76,15 @@ async def _broker_unreachable(_request: Request, exc: BrokerUnreachable) -> JSON
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    # FastAPI answers 400 "error parsing the body" for a JSON nested beyond what its parser
-    # takes (about 1,000 levels); that is the nesting rule, so say it like the spec does.
-    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
-        return _response([("body", f"nested deeper than {MAX_DEPTH} levels")])
+    # FastAPI answers a bare 400 when its body parsing fails for another reason than bad JSON
+    # syntax: bytes that are not UTF-8, or a JSON nested beyond what its parser takes (about
+    # 1,000 levels). Both are a bad body: a 422 naming it, like every other one.
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        if isinstance(exc.__cause__, RecursionError):
+            return _response([("body", f"nested deeper than {MAX_DEPTH} levels")])
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            return _response([("body", "not valid JSON: the bytes are not UTF-8")])
+        return _response([("body", f"does not parse: {type(exc.__cause__).__name__}")])
     return await http_exception_handler(request, exc)
 
 
