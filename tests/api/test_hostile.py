@@ -171,18 +171,13 @@ def test_nesting_beyond_the_json_parser_is_a_422_too(guarded):
 # Finding 5: huge paging values gave 500s.
 
 
-@pytest.mark.parametrize(
-    "query",
-    ["offset=9223372036854775808", "offset=1000000001", "limit=9223372036854775808", "offset=-1"],
-)
-def test_paging_parameters_are_bounded(guarded, query):
-    response = guarded.get(f"/v1/batches?{query}", headers=AUTH)
-    assert set(fields(response)) <= {"offset", "limit"}
+@pytest.mark.parametrize("offset", ["9223372036854775808", "1000000001"])
+def test_paging_parameters_are_bounded(guarded, offset):
+    refused = guarded.get(f"/v1/batches?offset={offset}", headers=AUTH)
+    largest = guarded.get("/v1/batches?offset=1000000000", headers=AUTH)
 
-
-def test_the_largest_offset_answers_an_empty_page(guarded):
-    response = guarded.get("/v1/batches?offset=1000000000", headers=AUTH)
-    assert response.status_code == 200 and response.json()["items"] == []
+    assert set(fields(refused)) == {"offset"}
+    assert largest.status_code == 200 and largest.json()["items"] == []
 
 
 # Finding 6: "5", true and 2.0 passed as counts; NUL passed in names, metadata and tags.
