@@ -490,9 +490,40 @@ class _BatchHead(SpecModel):
     """A batch with its servers not yet looked into: checked before anything is merged."""
 
     name: BatchName
-    defaults: ServerDefaults | None = None
+    defaults: dict[str, Any] | None = None
     servers: list[Any] = Field(min_length=1, max_length=MAX_SERVER_ENTRIES)
     notify: NotifySpec | None = None
+
+
+def _validate_defaults(defaults: dict[str, Any], entries: list[Any]) -> tuple[Any, list]:
+    """``defaults`` on its own, each field to its type and size rules: ``(model, errors)``.
+
+    An error is left out when every server replaces the value it is about (it is never used);
+    the model is then ``None``.
+    """
+    if not defaults:
+        return None, []
+    try:
+        return ServerDefaults.model_validate(defaults), []
+    except ValidationError as exc:
+        errors = [
+            (field_path(("defaults", *error["loc"])), error["msg"].removeprefix("Value error, "))
+            for error in exc.errors(include_url=False)
+            if not all(_replaces(entry, error["loc"]) for entry in entries)
+        ]
+        return None, errors[: bounds.MAX_ERRORS]
+
+
+def _replaces(entry: Any, location: tuple[Any, ...]) -> bool:
+    """Does merging ``entry`` over the defaults replace the default at ``location``?"""
+    node = entry
+    for part in location:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True  # a value that is not a mapping replaces the default's whole subtree
+    return True
 
 
 def _entry_count(entry: Any, defaults: dict[str, Any]) -> int:
@@ -566,14 +597,17 @@ def parse_batch(data: Any, max_servers: int = DEFAULT_MAX_BATCH_SERVERS) -> Batc
         head = _BatchHead.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_errors_of(exc)[: bounds.MAX_ERRORS]) from None
-    defaults = data.get("defaults") or {}
-    errors = _cost_errors(head.servers, defaults, max_servers)
+    defaults = head.defaults or {}
+    checked, errors = _validate_defaults(defaults, head.servers)
+    errors = errors or _cost_errors(head.servers, defaults, max_servers)
     if errors:
         raise SpecError(errors)
     servers, errors = _validate_servers(head.servers, defaults)
     if errors:
         raise SpecError(errors)
-    batch = BatchSpec(name=head.name, defaults=head.defaults, servers=servers, notify=head.notify)
+    batch = BatchSpec.model_construct(
+        name=head.name, defaults=checked, servers=servers, notify=head.notify
+    )
     errors = _volumes_used_twice(batch)
     if errors:
         raise SpecError(errors)
