@@ -14,7 +14,17 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import batches, errors, health, metrics, openapi, server_requests, ui, webhooks
+from api import (
+    batches,
+    dead_letters,
+    errors,
+    health,
+    metrics,
+    openapi,
+    server_requests,
+    ui,
+    webhooks,
+)
 from api.auth import require_token
 from api.edge import Edge
 from api.schemas import Problem
@@ -74,7 +84,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.include_router(health.router)
     protected = [Depends(require_token)]
     unauthorized = {401: {"model": Problem, "description": "No token, or not BMS_API_TOKEN."}}
-    for router in (batches.router, server_requests.router, webhooks.router, metrics.router):
+    routers = (batches, server_requests, webhooks, metrics, dead_letters)
+    for router in (module.router for module in routers):
         app.include_router(router, dependencies=protected, responses=unauthorized)
     # The dashboard: its own auth (the token, or the session cookie made from it).
     app.include_router(ui.router)

@@ -172,3 +172,24 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: Check
     broker: Check
+
+
+class DeadLetterView(BaseModel):
+    """A broker message given up on after it failed ``deliveries`` times."""
+
+    id: uuid.UUID
+    task_name: str
+    task_id: str
+    deliveries: int
+    reason: str
+    excerpt: str = Field(description="The message's arguments as JSON, cut to 2,000 characters.")
+    created_at: UtcDatetime
+
+
+class DeadLetterPage(BaseModel):
+    """One page of dead letters, newest first."""
+
+    items: list[DeadLetterView]
+    total: int
+    limit: int
+    offset: int

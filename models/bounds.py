@@ -106,3 +106,16 @@ def count_values(data: Any, limit: int = MAX_VALUES) -> int:
         elif isinstance(value, list | tuple):
             stack.extend(value)
     return values
+
+
+def too_deep(data: Any, max_depth: int = MAX_DEPTH) -> Path | None:
+    """The path of the first container nested deeper than ``max_depth``, or ``None``."""
+    stack: list[tuple[Any, Path, int]] = [(data, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if not isinstance(value, dict | list | tuple):
+            continue
+        if depth > max_depth:
+            return path
+        stack.extend((child, path + (key,), depth + 1) for key, child in _children(value))
+    return None

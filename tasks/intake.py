@@ -29,10 +29,11 @@ from models.records import (
     ServerRequest,
     VolumeAttachment,
 )
-from models.spec import BatchSpec, SpecError, parse_batch
+from models.spec import BatchSpec, SpecError, check_idempotency_key, parse_batch
 from models.states import RequestState
 from models.webhooks import WebhookTarget
 from tasks.preflight import send_start
+from worker import fault_hooks
 from worker.runtime import runtime
 
 
@@ -194,8 +195,17 @@ def submit(
     return submitted
 
 
-@shared_task(name="bms.submit_batch", ignore_result=False, acks_late=True)
+@shared_task(
+    name="bms.submit_batch",
+    ignore_result=False,
+    acks_late=True,
+    bind=True,
+    # Checks in the worker's main process, before the pool: see tasks/poison.py.
+    Strategy="tasks.poison:guarded_strategy",
+    Request="tasks.poison:RecordingRequest",
+)
 def submit_batch(
+    self,
     batch: dict[str, Any],
     idempotency_key: str | None = None,
     notify: dict[str, Any] | None = None,
@@ -206,15 +216,20 @@ def submit_batch(
     sender that passes a secret should also pass ``kwargsrepr`` so that Flower does not show it.
     Returns ``{"batch_id", "request_ids", "total", "created"}`` once the batch is stored (its
     chains are sent afterwards, by ``bms.dispatch_batch``), or ``{"errors": [[field,
-    message]]}`` when the batch does not validate (nothing is stored then).
+    message]]}`` when the batch does not validate (nothing is stored then). Without an
+    idempotency key the message's task id is the key: a redelivery of a message already stored
+    stores nothing.
     """
+    fault_hooks.before_submit(batch)
     if notify is not None and isinstance(batch, dict):
         batch = {**batch, "notify": notify}
     try:
-        spec = parse_batch(batch)
+        idempotency_key = check_idempotency_key(idempotency_key) or self.request.id
+        spec = parse_batch(batch, runtime().settings.max_batch_servers)
     except SpecError as exc:
         return {"errors": [list(error) for error in exc.errors]}
     submitted = submit(runtime().sessions, spec, BatchSource.TASK, idempotency_key)
+    fault_hooks.after_submit()
     return {
         "batch_id": str(submitted.batch_id),
         "request_ids": [str(r) for r in submitted.request_ids],

@@ -35,3 +35,29 @@ def _kill_if_armed(variable: str) -> None:
     except FileNotFoundError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+KILL_SUBMITTING = "BMS_TEST_KILL_SUBMITTING"
+KILL_AFTER_SUBMIT = "BMS_TEST_KILL_AFTER_SUBMIT"
+
+
+def before_submit(batch: object) -> None:
+    """``BMS_TEST_KILL_SUBMITTING=NAME``: every worker process that starts ``bms.submit_batch``
+    for a batch named NAME kills itself with SIGKILL (a message no worker survives)."""
+    name = os.environ.get(KILL_SUBMITTING)
+    if name and isinstance(batch, dict) and batch.get("name") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after_submit() -> None:
+    """``BMS_TEST_KILL_AFTER_SUBMIT=/path/token``: the first worker process that has stored a
+    batch sent through the broker, while the token file exists, removes it and kills itself
+    before the message is acked (its redelivery follows)."""
+    token = os.environ.get(KILL_AFTER_SUBMIT)
+    if not token:
+        return
+    try:
+        os.remove(token)
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
