@@ -1,7 +1,7 @@
 """dead letters
 
 Revision ID: 93d4396ced5e
-Revises: e366a379f29e
+Revises: 335c0d753d1c
 Create Date: 2026-11-27 15:45:00.000000
 
 Keep locks short and stay backward-compatible: workers of the previous release may still run.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "93d4396ced5e"
-down_revision: str | None = "e366a379f29e"
+down_revision: str | None = "335c0d753d1c"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
