@@ -43,6 +43,10 @@ Every 422 answers `{"detail": [{"field", "message"}]}`, naming each bad field.
 Prometheus metrics are at `/metrics`; the dashboard is at `/ui`.
 """
 
+#: Where the API serves Swagger UI and ReDoc themselves (no CDN), as open as /docs.
+DOCS_ASSETS = "/static-offline-docs"
+DOCS_URL, REDOC_URL = "/docs", "/redoc"
+
 
 def register_tasks() -> None:
     """Import every task module, so that the chains this process sends use the tasks' options.
@@ -72,6 +76,9 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this app, not from a CDN.
     app = FastAPIOffline(
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
+        static_url=DOCS_ASSETS,
         title="bms-orchestrator",
         version="1",
         description=DESCRIPTION,
@@ -95,10 +102,13 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.add_exception_handler(ui.LoginRequired, ui.login_required)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     openapi.install(app)
-    open_paths = {"/healthz", app.docs_url, app.redoc_url, app.openapi_url}
+    # FastAPIOffline serves the docs itself, so app.docs_url and app.redoc_url are None.
+    open_paths = {"/healthz", DOCS_URL, REDOC_URL, app.openapi_url}
     open_paths.add(app.swagger_ui_oauth2_redirect_url)
-    # /ui answers for itself: a page without the session sends the browser to its login.
+    # /ui answers for itself: a page without the session sends the browser to its login. The
+    # docs' own scripts and styles are public, as the docs page is.
+    open_prefixes = ("/ui/", "/ui", f"{DOCS_ASSETS}/")
     app.add_middleware(
-        Edge, settings=settings, open_paths=open_paths - {None}, open_prefixes=("/ui/", "/ui")
+        Edge, settings=settings, open_paths=open_paths - {None}, open_prefixes=open_prefixes
     )
     return app
