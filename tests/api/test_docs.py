@@ -18,7 +18,7 @@ def schema() -> dict:
 def test_every_route_has_a_summary_and_a_description(schema):
     operations = [op for path in schema["paths"].values() for op in path.values()]
 
-    assert len(operations) == 11  # + /metrics and /v1/batches/{id}/webhooks
+    assert len(operations) == 12  # + /metrics, /v1/batches/{id}/webhooks and /teardown
     assert all(op.get("summary") and op.get("description") for op in operations)
 
 
