@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import batches, errors, health, metrics, openapi, server_requests, ui, webhooks
@@ -57,7 +58,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         if engine is not None:
             engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this app, not from a CDN.
+    app = FastAPIOffline(
         title="bms-orchestrator",
         version="1",
         description=DESCRIPTION,
