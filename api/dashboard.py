@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Integer, func, select
 from sqlalchemy.orm import Session
 
-from api.queries import state_counts
+from api.queries import newest_batches, state_counts
 from models.base import as_utc, utcnow
 from models.records import Batch, CloudJob, Event, ServerRequest
 from models.states import TERMINAL_STATES, RequestState
@@ -99,16 +99,7 @@ class BatchRow:
 
 def batch_rows(session: Session, limit: int, offset: int) -> tuple[list[BatchRow], int]:
     """A page of batches, newest first, each with its counts (one grouped query)."""
-    batches = list(
-        session.scalars(
-            select(Batch)
-            .order_by(Batch.created_at.desc(), Batch.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-    )
-    counts = state_counts(session, (b.id for b in batches))
-    total = session.scalar(select(func.count()).select_from(Batch)) or 0
+    batches, counts, total = newest_batches(session, limit, offset)
     rows = [
         BatchRow(
             b.id,

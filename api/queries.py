@@ -55,8 +55,9 @@ def _summary(batch: Batch, counts: dict[RequestState, int]) -> dict:
     }
 
 
-def batch_page(session: Session, limit: int, offset: int) -> BatchPage:
-    """Batches newest first (the id breaks ties, so pages never overlap)."""
+def newest_batches(session: Session, limit: int, offset: int):
+    """A page of batches newest first (the id breaks ties, so pages never overlap), their
+    counts per state (one grouped query) and how many batches there are."""
     batches = list(
         session.scalars(
             select(Batch)
@@ -67,6 +68,12 @@ def batch_page(session: Session, limit: int, offset: int) -> BatchPage:
     )
     counts = state_counts(session, (b.id for b in batches))
     total = session.scalar(select(func.count()).select_from(Batch)) or 0
+    return batches, counts, total
+
+
+def batch_page(session: Session, limit: int, offset: int) -> BatchPage:
+    """Batches newest first, each with its counts."""
+    batches, counts, total = newest_batches(session, limit, offset)
     items = [BatchSummary(**_summary(b, counts[b.id])) for b in batches]
     return BatchPage(items=items, total=total, limit=limit, offset=offset)
 

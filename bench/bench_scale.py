@@ -35,15 +35,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 from celery import Celery
-from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import text, update
 
 from bench.bench_limiter import scaled_quotas, spec, start_simulator, stop_all, wait_ready
 from bmsctl.processes import (
@@ -59,6 +58,7 @@ from models import migrate
 from models.db import make_engine, make_session_factory, session_scope
 from models.records import ServerRequest
 from models.states import RequestState
+from tests.fixtures.database import postgres_schema
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -132,21 +132,6 @@ def batch_body(servers: int, name: str) -> bytes:
 
 
 # --- the stack -----------------------------------------------------------------------------
-
-
-@contextmanager
-def postgres_schema(server_url: str) -> Iterator[str]:
-    schema = f"bench_scale_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(server_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @dataclass
@@ -257,7 +242,7 @@ def run_once(args, index: int, directory: Path, values: dict[str, list]) -> dict
     notes: dict = {}
     http = requests.Session()
     with ExitStack() as cleanup:
-        database_url = cleanup.enter_context(postgres_schema(args.database_url))
+        database_url = cleanup.enter_context(contextmanager(postgres_schema)(args.database_url))
         migrate.upgrade(database_url)
         processes: list[ManagedProcess] = []
         cleanup.callback(stop_all, processes)
