@@ -6,7 +6,10 @@ the project's defaults and returns the plain function (the unit tests call it). 
 handles what is common to all steps:
 
 - no quota now (our limiter) or a 429 (the cloud's): re-scheduled for when capacity returns,
-  without spending the failure budget;
+  without spending the failure budget; a step registered with ``capacity_first`` (create) holds
+  its slot before it touches the row (a reservation handed over in ``slot``, or one taken
+  then), so a run that must wait costs one Redis call, and its retry is spread over the
+  class's window;
 - a step that asks to wait (polling, backoff): re-scheduled with its countdown;
 - a transient cloud error: retried with backoff, counted in ``transient_errors``; past the
   budget the request is FAILED at that step;
@@ -31,7 +34,7 @@ import random
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from celery import shared_task
@@ -103,6 +106,12 @@ class Chain:
 def jitter(seconds: float) -> float:
     """Spread re-scheduled tasks so that they do not all come back in the same instant."""
     return seconds + random.uniform(0, 0.1 + 0.1 * seconds)
+
+
+def spread(seconds: float, window_seconds: float) -> float:
+    """A denied caller's wait: until the next slot frees, plus a share of the window drawn at
+    random, so that the callers denied together come back one by one as slots free."""
+    return seconds + random.uniform(0, max(window_seconds, 0.1 + 0.1 * seconds))
 
 
 def clamp(seconds: float) -> float:
@@ -191,8 +200,12 @@ def give_up(session: Session, request: ServerRequest, step: Step, code: str, mes
         record_note(session, request, f"{code}: {message}"[:2000])
 
 
-def step_task(name: str, step: Step) -> Callable:
-    """Register a step function as the Celery task ``name``, on the queue of its API class."""
+def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callable:
+    """Register a step function as the Celery task ``name``, on the queue of its API class.
+
+    ``capacity_first``: the task holds a slot of its class before the step runs (see the
+    module's docstring); a message may carry a reserved one in ``slot``.
+    """
     api_class = TASK_API_CLASSES[name]
 
     def decorate(body: Callable[[Chain], Next | None]):
@@ -204,16 +217,22 @@ def step_task(name: str, step: Step) -> Callable:
             max_retries=None,  # budgets are counted by the wrapper, not by Celery
         )
         @functools.wraps(body)
-        def run(self, *, request_id: str, fence: int, transient_errors: int = 0) -> None:
+        def run(
+            self, *, request_id: str, fence: int, transient_errors: int = 0, slot: int | None = None
+        ) -> None:
             chain = Chain(request_id, fence)
             retry = functools.partial(_retry, self, chain)
             try:
-                outcome = body(chain)
+                with _holding(api_class if capacity_first else None, slot):
+                    outcome = body(chain)
             except StaleChain:
                 log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
                 return
             except NoCapacity as exc:
-                raise retry(transient_errors, exc.wait_seconds) from None
+                if not capacity_first:  # a poll comes back as soon as its class allows
+                    raise retry(transient_errors, exc.wait_seconds) from None
+                wait = spread(exc.wait_seconds, exc.window_seconds)
+                raise retry(transient_errors, wait, jittered=True) from None
             except Throttled as exc:
                 # The class of the call that was throttled, which may not be the task's.
                 runtime().limiter.back_off(exc.api_class or api_class, exc.retry_after)
@@ -253,13 +272,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _retry(task, chain: Chain, transient_errors: int, seconds: float):
+def _holding(api_class: str | None, slot: int | None):
+    """The slot a ``capacity_first`` step holds while it runs (none for other steps)."""
+    limiter = runtime().limiter if api_class else None
+    return limiter.hold(api_class, slot) if limiter is not None else nullcontext()
+
+
+def _retry(task, chain: Chain, transient_errors: int, seconds: float, jittered: bool = False):
     kwargs = {
         "request_id": chain.request_id,
         "fence": chain.fence,
         "transient_errors": transient_errors,
     }
-    return task.retry(kwargs=kwargs, countdown=clamp(jitter(seconds)), max_retries=None)
+    countdown = clamp(seconds if jittered else jitter(seconds))
+    return task.retry(kwargs=kwargs, countdown=countdown, max_retries=None)
 
 
 def _end_step(chain: Chain, step: Step, code: str, message: str) -> None:

@@ -53,7 +53,8 @@ def create_body(request: ServerRequest) -> dict:
     return body
 
 
-@step_task("bms.create_server", Step.CREATE)
+# Capacity first: a create that must wait for quota learns it before it touches its row.
+@step_task("bms.create_server", Step.CREATE, capacity_first=True)
 def create_server(chain: Chain) -> Next | None:
     with claim(chain) as (session, request):
         in_cloud_maybe = request.create_intent_at is not None

@@ -16,7 +16,9 @@ come from Redis's clock, one clock for every machine, and a small margin absorbs
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import redis
@@ -58,6 +60,70 @@ return {math.max(tonumber(oldest[2]) + span - now, 1)}
 """
 )
 
+# KEYS: the window, the back-off flag, a sequence. ARGV: limit, window in ms, margin in ms, how
+# many entries are wanted. Takes as many as the window holds (at most that many).
+# Returns {ms to wait for the next free slot (0: free ones are left), entry, entry, ...}.
+_RESERVE = (
+    _NOW_MS
+    + """
+local pause = redis.call('PTTL', KEYS[2])
+if pause > 0 then return {pause} end
+local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local taken = math.max(math.min(free, tonumber(ARGV[4])), 0)
+local answer = {0}
+for i = 1, taken do
+  local entry = redis.call('INCR', KEYS[3])
+  redis.call('ZADD', KEYS[1], now, entry)
+  answer[i + 1] = entry
+end
+if taken > 0 then redis.call('PEXPIRE', KEYS[1], span) end
+if free - taken <= 0 then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  answer[1] = math.max(tonumber(oldest[2]) + span - now, 1)
+end
+return answer
+"""
+)
+
+# KEYS: the window, the back-off flag. ARGV: the entry, window + margin in ms.
+# A reservation handed over with a message: still in the window, it is stamped now (its call is
+# about to be made) and {0} is returned; {-1}: it has left the window (the message came late);
+# {ms}: a 429 pause forbids calls now (the entry is dropped).
+_ADOPT = (
+    _NOW_MS
+    + """
+local pause = redis.call('PTTL', KEYS[2])
+if pause > 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return {pause}
+end
+local stamp = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not stamp or tonumber(stamp) <= now - tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return {-1}
+end
+if tonumber(stamp) < now then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1]) end
+return {0}
+"""
+)
+
+# KEYS: the window, the back-off flag. ARGV: limit, window + margin in ms. Read-only.
+# Returns {calls in the window, ms until the oldest leaves it (0: empty), ms of 429 pause}.
+_CAPACITY = (
+    _NOW_MS
+    + """
+local span = tonumber(ARGV[2])
+local used = redis.call('ZCOUNT', KEYS[1], '(' .. (now - span), '+inf')
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - span), '+inf',
+                          'WITHSCORES', 'LIMIT', 0, 1)
+local frees = 0
+if oldest[2] then frees = math.max(tonumber(oldest[2]) + span - now, 1) end
+return {used, frees, math.max(redis.call('PTTL', KEYS[2]), 0)}
+"""
+)
+
 # KEYS: the window. ARGV: the entry, window + margin in ms. Stamps the entry with now.
 _COMPLETE = (
     _NOW_MS
@@ -80,13 +146,39 @@ class Usage:
     paused_seconds: float
 
 
-class NoCapacity(Exception):
-    """The API class has no capacity now; retry after ``wait_seconds``."""
+@dataclass(frozen=True)
+class Capacity:
+    """What an API class can admit now: ``free`` calls, and the seconds until the next slot
+    frees when none is (``wait_seconds``; 0 while some are free). A 429 pause admits nothing."""
 
-    def __init__(self, api_class: str, wait_seconds: float) -> None:
+    free: int
+    limit: int
+    wait_seconds: float
+    window_seconds: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Entries taken in a class's window for calls to be made later (each by one task), and
+    the seconds until the next slot frees once they are taken (0: free slots are left)."""
+
+    api_class: str
+    entries: list[int]
+    wait_seconds: float
+
+
+class NoCapacity(Exception):
+    """The API class has no capacity now; retry after ``wait_seconds``.
+
+    ``window_seconds``: the class's window, over which a caller spreads its retry, so that
+    the callers denied together do not all come back in the instant the next slot frees.
+    """
+
+    def __init__(self, api_class: str, wait_seconds: float, window_seconds: float = 0.0) -> None:
         super().__init__(f"no {api_class} capacity for {wait_seconds:.3f}s")
         self.api_class = api_class
         self.wait_seconds = wait_seconds
+        self.window_seconds = window_seconds
 
 
 class GlobalLimiter:
@@ -99,22 +191,100 @@ class GlobalLimiter:
         self._metrics = MetricsRecorder(self._redis)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._complete = self._redis.register_script(_COMPLETE)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._adopt = self._redis.register_script(_ADOPT)
+        self._capacity = self._redis.register_script(_CAPACITY)
         self._windows = {api_class: _window(item, margin) for api_class, item in limits.items()}
+        #: Entries this task holds, by class: the next ``acquire`` of the class spends it.
+        self._held: ContextVar[dict[str, int] | None] = ContextVar("bms_held_slots", default=None)
 
     def acquire(self, api_class: str) -> Callable[[], None]:
         """Spend one call of ``api_class``; call what it returns once the call's answer is in.
 
+        Inside :meth:`hold` of the class, the slot held is spent (no Redis round trip).
+
         :raises NoCapacity: the quota (or a back-off after a 429) forbids a call now.
         """
+        held = self._held.get()
+        if held and api_class in held:
+            return self._completion(api_class, held.pop(api_class))
         limit, window_ms, margin_ms = self._windows[api_class]
-        window_key = f"{KEY_PREFIX}:{api_class}"
-        keys = [window_key, _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
+        keys = [_window_key(api_class), _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
         answer = self._acquire(keys=keys, args=[limit, window_ms, margin_ms])
         if answer[0]:
-            wait = int(answer[0]) / 1000
-            self._metrics.limiter_wait(api_class, wait)
-            raise NoCapacity(api_class, wait)
-        entry, span = answer[1], window_ms + margin_ms
+            raise self._denied(api_class, int(answer[0]) / 1000)
+        return self._completion(api_class, int(answer[1]))
+
+    def capacity(self, api_class: str) -> Capacity:
+        """What ``api_class`` can admit now, read without taking anything (one round trip)."""
+        limit, window_ms, margin_ms = self._windows[api_class]
+        keys = [_window_key(api_class), _backoff_key(api_class)]
+        used, frees_ms, pause_ms = self._capacity(keys=keys, args=[limit, window_ms + margin_ms])
+        free = 0 if pause_ms else max(limit - int(used), 0)
+        wait_ms = pause_ms or (0 if free else int(frees_ms))
+        return Capacity(free, limit, wait_ms / 1000, window_ms / 1000)
+
+    def reserve(self, api_class: str, count: int) -> Reservation:
+        """Take up to ``count`` slots of ``api_class`` now, for calls that tasks make later:
+        each task gets one entry and spends it through :meth:`hold`. An entry nobody spends
+        is given back with :meth:`release` (or leaves the window by itself)."""
+        limit, window_ms, margin_ms = self._windows[api_class]
+        keys = [_window_key(api_class), _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
+        answer = self._reserve(keys=keys, args=[limit, window_ms, margin_ms, max(count, 0)])
+        return Reservation(api_class, [int(entry) for entry in answer[1:]], int(answer[0]) / 1000)
+
+    def release(self, api_class: str, entries: list[int]) -> None:
+        """Give back slots taken for calls that will not be made."""
+        if entries:
+            self._redis.zrem(_window_key(api_class), *entries)
+
+    @contextmanager
+    def hold(self, api_class: str, entry: int | None = None) -> Iterator[None]:
+        """Hold one slot of ``api_class`` for the duration: the reservation ``entry`` handed
+        over with the message if it is still valid, else one taken now. The first ``acquire``
+        of the class inside spends it; a slot not spent is given back at the end.
+
+        Take it before touching anything, so that a call that must wait costs nothing else.
+
+        :raises NoCapacity: no slot now (nothing was taken).
+        """
+        slot = self._adopted(api_class, entry) if entry is not None else None
+        if slot is None:
+            slot = self._take(api_class)
+        held = dict(self._held.get() or {})
+        held[api_class] = slot
+        token = self._held.set(held)
+        try:
+            yield
+        finally:
+            left = held.pop(api_class, None)
+            self._held.reset(token)
+            if left is not None:
+                self.release(api_class, [left])
+
+    def _adopted(self, api_class: str, entry: int) -> int | None:
+        """``entry`` when it still holds its slot (stamped now), ``None`` when it has left."""
+        limit, window_ms, margin_ms = self._windows[api_class]
+        keys = [_window_key(api_class), _backoff_key(api_class)]
+        (answer,) = self._adopt(keys=keys, args=[entry, window_ms + margin_ms])
+        if int(answer) > 0:
+            raise self._denied(api_class, int(answer) / 1000)
+        return entry if int(answer) == 0 else None
+
+    def _take(self, api_class: str) -> int:
+        reservation = self.reserve(api_class, 1)
+        if not reservation.entries:
+            raise self._denied(api_class, reservation.wait_seconds)
+        return reservation.entries[0]
+
+    def _denied(self, api_class: str, wait: float) -> NoCapacity:
+        self._metrics.limiter_wait(api_class, wait)
+        _limit, window_ms, _margin_ms = self._windows[api_class]
+        return NoCapacity(api_class, wait, window_ms / 1000)
+
+    def _completion(self, api_class: str, entry: int) -> Callable[[], None]:
+        _limit, window_ms, margin_ms = self._windows[api_class]
+        window_key, span = _window_key(api_class), window_ms + margin_ms
 
         def completed() -> None:
             self._complete(keys=[window_key], args=[entry, span])
@@ -155,6 +325,10 @@ class GlobalLimiter:
 def _window(item: RateLimitItem, margin: float) -> tuple[int, int, int]:
     window_ms = int(item.get_expiry() * 1000)
     return item.amount, window_ms, max(int(window_ms * margin), MIN_MARGIN_MS)
+
+
+def _window_key(api_class: str) -> str:
+    return f"{KEY_PREFIX}:{api_class}"
 
 
 def _backoff_key(api_class: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from models.records import (
 )
 from models.states import RequestState
 from tasks.base import Chain
+from worker.limiter import NoCapacity
 from worker.runtime import Runtime, use_runtime
 from worker.settings import Settings
 
@@ -112,9 +114,20 @@ class _Resources:
 @dataclass
 class StubLimiter:
     backed_off: list[tuple[str, float | None]] = field(default_factory=list)
+    #: Slots held by capacity-first steps: (class, reservation handed over).
+    holds: list[tuple[str, int | None]] = field(default_factory=list)
+    #: When set, ``hold`` finds no capacity for this many seconds (a 60 s window).
+    denied: float | None = None
 
     def back_off(self, api_class: str, seconds: float | None) -> None:
         self.backed_off.append((api_class, seconds))
+
+    @contextmanager
+    def hold(self, api_class: str, entry: int | None = None) -> Iterator[None]:
+        if self.denied is not None:
+            raise NoCapacity(api_class, self.denied, 60.0)
+        self.holds.append((api_class, entry))
+        yield
 
 
 def job(status: str, *server_ids: str, code: str | None = None, job_id: str = "job-1") -> Job:

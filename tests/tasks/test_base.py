@@ -10,9 +10,10 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 
 from bms.client import ServerPage
-from bms.exceptions import CloudConnectionError, Throttled
+from bms.exceptions import BadRequest, CloudConnectionError, Throttled
 from models.base import as_utc, utcnow
 from models.records import transition
 from models.states import RequestState, Step
@@ -36,7 +37,7 @@ def retries(monkeypatch):
     """The re-runs the wrapper asks Celery for, as (fence, transient_errors, seconds)."""
     asked = []
 
-    def record(_task, chain, transient_errors, seconds):
+    def record(_task, chain, transient_errors, seconds, **_options):
         asked.append((chain.fence, transient_errors, seconds))
         return RuntimeError("re-run scheduled")
 
@@ -227,3 +228,41 @@ def test_lost_create_answers_end_the_request_despite_the_lookup_grace(bench, ret
 
     assert bench.get(request_id).state is S.FAILED  # before: still CREATING, POSTing
     assert bench.client.count("create_servers") <= base.MAX_TRANSIENT_ERRORS + 1
+
+
+def test_a_create_without_capacity_touches_no_row_and_comes_back_spread_over_the_window(
+    bench, retries
+):
+    request_id = bench.add(S.PENDING)
+    before = bench.get(request_id)
+    bench.limiter.denied = 30.0
+    statements = []
+    engine = bench.sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for _ in range(20):
+            with pytest.raises(RuntimeError, match="re-run scheduled"):
+                run_task(create_server, request_id, before.fence)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+    assert statements == []  # not a single SQL statement for a run that must wait
+    after = bench.get(request_id)
+    assert (after.state, after.fence, after.attempt, after.updated_at) == (
+        S.PENDING, before.fence, 0, before.updated_at,
+    )  # fmt: skip
+    waits = [seconds for _fence, _errors, seconds in retries]
+    # Each comes back when the slot frees plus a share of the 60 s window: not all at once.
+    assert all(30 <= wait <= 90 for wait in waits) and len(set(waits)) == len(waits)
+    assert max(waits) - min(waits) > 10
+
+
+def test_a_create_spends_the_slot_reserved_for_it(bench):
+    request_id = bench.add(S.PENDING)
+    bench.client.on("create_servers", BadRequest(400, "BMS.0001", "refused"))  # ends here
+
+    run_task(create_server, request_id, bench.get(request_id).fence, slot=41)
+
+    assert bench.limiter.holds == [("create", 41)]
+    assert bench.client.count("create_servers") == 1

@@ -88,3 +88,88 @@ def test_a_slot_counts_from_when_the_answer_came_back(limiter):
         limiter.acquire("create")
     # A full window from the answers, not from the admissions (which were 0.5 s earlier).
     assert denied.value.wait_seconds > 0.9
+
+
+# -- capacity(), reservations and held slots (the batch feeder and capacity-first creates) -----
+
+
+def test_capacity_reads_without_taking(limiter):
+    assert limiter.capacity("show").free == 3
+    assert limiter.capacity("show").wait_seconds == 0
+    admitted(limiter, "show", 2)
+
+    seen = [limiter.capacity("show") for _ in range(5)]
+
+    assert {view.free for view in seen} == {1}  # reading took nothing
+    assert seen[0].limit == 3 and seen[0].window_seconds == 60
+    assert admitted(limiter, "show", 5) == 1
+
+
+def test_capacity_says_when_the_next_slot_frees_and_honours_a_pause(limiter):
+    admitted(limiter, "show", 3)
+    full = limiter.capacity("show")
+    assert full.free == 0 and 55 < full.wait_seconds <= 62
+
+    limiter.back_off("create", 30)
+    paused = limiter.capacity("create")
+    assert paused.free == 0 and 25 < paused.wait_seconds <= 30
+
+
+def test_reserve_takes_at_most_what_is_free_and_says_when_more_frees(limiter):
+    first = limiter.reserve("show", 2)
+    assert len(first.entries) == 2 and first.wait_seconds == 0  # one is still free
+    second = limiter.reserve("show", 5)
+    assert len(second.entries) == 1 and 55 < second.wait_seconds <= 62
+    assert limiter.reserve("show", 5).entries == []
+    assert len(set(first.entries + second.entries)) == 3
+
+    limiter.release("show", first.entries)  # not spent: the slots are free again
+
+    assert limiter.capacity("show").free == 2
+
+
+def test_a_held_reservation_is_spent_by_the_call_without_taking_another(limiter):
+    (entry,) = limiter.reserve("show", 1).entries
+    with limiter.hold("show", entry):
+        completed = limiter.acquire("show")  # spends the reservation
+        completed()
+        limiter.acquire("show")  # a second call in the same run takes its own slot
+    assert limiter.capacity("show").free == 1
+
+
+def test_a_slot_held_but_not_spent_is_given_back(limiter):
+    with limiter.hold("show"):
+        assert limiter.capacity("show").free == 2
+    assert limiter.capacity("show").free == 3
+    (entry,) = limiter.reserve("show", 1).entries
+    with pytest.raises(RuntimeError), limiter.hold("show", entry):
+        raise RuntimeError("the step failed before its call")
+    assert limiter.capacity("show").free == 3
+
+
+def test_hold_without_capacity_takes_nothing_and_says_the_window(limiter):
+    admitted(limiter, "show", 3)
+    with pytest.raises(NoCapacity) as denied, limiter.hold("show"):
+        pytest.fail("must not run without a slot")
+    assert denied.value.window_seconds == 60 and 55 < denied.value.wait_seconds <= 62
+
+
+def test_a_reservation_that_left_the_window_is_replaced_by_a_fresh_slot(limiter, redis_url):
+    (entry,) = limiter.reserve("create", 1).entries
+    limiter.release("create", [entry])  # as if it had aged out of the window
+    admitted(limiter, "create", 4)
+    with limiter.hold("create", entry):  # the one slot left is taken instead
+        assert limiter.capacity("create").free == 0
+        limiter.acquire("create")
+    with pytest.raises(NoCapacity), limiter.hold("create", entry):
+        pass
+
+
+def test_a_reservation_is_dropped_while_the_class_is_paused(limiter):
+    (entry,) = limiter.reserve("create", 1).entries
+    limiter.back_off("create", 30)
+    with pytest.raises(NoCapacity) as denied, limiter.hold("create", entry):
+        pass
+    assert denied.value.wait_seconds > 25
+    limiter._redis.delete("bms:limit:backoff:create")
+    assert limiter.capacity("create").free == 5
