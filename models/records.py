@@ -126,6 +126,13 @@ class ServerRequest(Timestamped, Base):
     wait_deadline_at: Mapped[datetime | None]
     #: Delete calls made for the current ``cleanup_server_id`` (its budget).
     cleanup_attempts: Mapped[int] = mapped_column(default=0)
+    #: The ``count`` create this request is made by (``None``: created on its own).
+    group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("create_groups.id"), index=True)
+    #: Order within its group, as planned (its name's place in the run).
+    group_index: Mapped[int | None]
+    #: The name the group's create gave the server (``base-NNNN`` of its place in the call);
+    #: when it is not ``name`` (a later chunk, a member cancelled before it), it is renamed.
+    cloud_name: Mapped[str | None] = mapped_column(String(63))
 
     batch: Mapped[Batch] = relationship(back_populates="requests")
     attachments: Mapped[list[VolumeAttachment]] = relationship(
@@ -207,6 +214,43 @@ class CloudJob(Timestamped, Base):
     end_time: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))
     fail_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class GroupState(enum.StrEnum):
+    PLANNED = "PLANNED"  # not created yet (an intent may be recorded)
+    POSTED = "POSTED"  # the create job is known and watched
+    DONE = "DONE"  # its results are handed to the members; it does nothing more
+
+
+class CreateGroup(Timestamped, Base):
+    """One ``count`` create of up to ``BMS_CREATE_GROUP_MAX`` requests of a batch.
+
+    Planned before the batch's first dispatch (``tasks.group_create``); created once by the
+    first member step that runs, watched by one poll, its results handed to each member.
+    """
+
+    __tablename__ = "create_groups"
+
+    id: Mapped[uuid_pk]
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id"), index=True)
+    #: The members' base name (``web`` of ``web-0000``) and the index of the first member.
+    base_name: Mapped[str] = mapped_column(String(63))
+    first_index: Mapped[int] = mapped_column(default=0)
+    #: Members planned.
+    size: Mapped[int]
+    state: Mapped[GroupState] = mapped_column(_enum(GroupState), default=GroupState.PLANNED)
+    #: In the metadata of every server of the group's create: how a lost answer is found.
+    marker: Mapped[str] = mapped_column(String(32), unique=True)
+    #: Set just before the POST: "the group's create may be in the cloud".
+    intent_at: Mapped[datetime | None]
+    #: The name sent with ``count`` (the servers are ``cloud_base-0000`` ...), and ``count``.
+    cloud_base: Mapped[str | None] = mapped_column(String(63))
+    count: Mapped[int | None]
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    #: The member whose messages poll the job, and when it last did (a lease: another member
+    #: takes the poll over once it is older than the reconciler's idle time).
+    poller_id: Mapped[uuid.UUID | None]
+    polled_at: Mapped[datetime | None]
 
 
 class StrayState(enum.StrEnum):

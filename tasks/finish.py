@@ -2,7 +2,8 @@
 
 Tags are replaced as a whole (one call), keeping the cloud's own ``__type_baremetal``. A server
 is created under its requested name, so the rename step calls the cloud only for a server an
-earlier release created under a marker name. Finalize reads the server once, records its
+earlier release created under a marker name, or one a count create named otherwise (a later
+chunk of a group, see ``tasks.group_create``). Finalize reads the server once, records its
 addresses and ends the request.
 A request cancelled during one of these calls is handed to cleanup when the call returns.
 """
@@ -25,8 +26,9 @@ def _load_stage(chain: Chain, step_before: Step | None):
         if request.state is not S.TAGGING or request.step_done is not step_before:
             return None, handoff(request)
         # Creates of this release use the final name (their serial is counted from 1); a
-        # server created by an earlier release carries a marker name until renamed.
-        marker_name = request.create_serial == 0
+        # server created by an earlier release carries a marker name until renamed, and so does
+        # one a group's count create could not give its name (``cloud_name``).
+        marker_name = request.create_serial == 0 or request.cloud_name not in (None, request.name)
         return (request.server_id, request.spec, request.name, marker_name), None
 
 

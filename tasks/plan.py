@@ -19,6 +19,7 @@ S = RequestState
 STEP_OF_TASK: dict[str, Step] = {
     "bms.create_server": Step.CREATE,
     "bms.poll_create_job": Step.POLL_CREATE,
+    "bms.poll_group_job": Step.POLL_CREATE,
     "bms.wait_server_built": Step.POLL_CREATE,
     "bms.attach_volume": Step.ATTACH,
     "bms.poll_attach_job": Step.ATTACH,
@@ -55,6 +56,9 @@ def _building_task(request: ServerRequest) -> str | None:
     if request.server_id:
         # Adopted by marker after a lost answer: there is a server but no job id to poll.
         return "bms.wait_server_built"
+    if request.group_id and request.cloud_name:
+        # Made by its group's count create: the group's one poll hands it on.
+        return "bms.poll_group_job"
     return None
 
 

@@ -42,7 +42,7 @@ from bms.resources import MAX_VOLUME_IDS
 from models.db import session_scope
 from models.records import ServerRequest, transition
 from models.states import RequestState, Step
-from tasks import batch_dispatch
+from tasks import batch_dispatch, group_create
 from tasks.grouping import CreateCalls, count_create_calls
 from worker.app import app
 from worker.limiter import NoCapacity
@@ -511,6 +511,8 @@ def start_batch(self, batch_id: str, transient_errors: int = 0) -> bool:
         # Refused, or nothing PENDING: nothing of it is left for the batch reconciler.
         batch_dispatch.close(current.sessions, batch)
         return False
+    # Before the first dispatch: the servers one count create can make are put in its group.
+    group_create.plan_batch(current.sessions, batch, current.settings.create_group_max)
     return batch_dispatch.send(batch, None)
 
 

@@ -24,6 +24,7 @@ ETA_TASK_LIMIT = 2000
 
 TASK_MODULES = [
     "tasks.create",
+    "tasks.group_create",
     "tasks.poll",
     "tasks.attach",
     "tasks.finish",

@@ -34,6 +34,7 @@ def declare_queues() -> tuple[Queue, ...]:
 TASK_API_CLASSES = {
     "bms.create_server": "create",
     "bms.poll_create_job": "job",
+    "bms.poll_group_job": "job",
     "bms.wait_server_built": "show",
     "bms.attach_volume": "attach",
     "bms.poll_attach_job": "job",

@@ -1,0 +1,88 @@
+"""End to end, count creates: real workers, Redis, the database and the simulator over HTTP."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models.states import RequestState
+from tests.factories import server
+from worker.fault_hooks import KILL_AFTER_CREATE_POST
+
+pytestmark = pytest.mark.e2e
+S = RequestState
+BAREMETAL = "__type_baremetal"
+
+
+def volume(n: int) -> str:
+    return f"e5e5e5e5-0000-4000-8000-{n:012d}"  # the default catalog's disks
+
+
+def live(stack) -> list[dict]:
+    return [
+        s
+        for s in stack.simulator.control.servers()
+        if not s["deleted"] and s["status"] != "DELETED"
+    ]
+
+
+def calls(stack, api_class: str) -> int:
+    return stack.simulator.control.counters().get(api_class, {}).get("calls", 0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_count_batch_takes_one_create_call_per_group_and_ends_active(stack_factory, backend):
+    stack = stack_factory(backend)
+    stack.start_worker("all", concurrency=4)
+    # A count entry, and entries named as a count names them, each with a volume of its own.
+    with_volumes = [
+        server(name=f"disk-{i:04d}", attach_volumes=[{"volume_id": volume(i + 1)}], tags=["d"])
+        for i in range(6)
+    ]
+    batch = {"name": "counted", "servers": [server(name="web", count=7, tags=["w"]), *with_volumes]}
+    submitted = stack.submit(batch)
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=180)
+
+    assert [r.state for r in requests] == [S.ACTIVE] * 13
+    assert calls(stack, "create") <= math.ceil(7 / 100) + math.ceil(6 / 100)
+    assert calls(stack, "update") == 0  # every server was made under its final name
+    cloud = {s["id"]: s for s in live(stack)}
+    assert len(cloud) == 13
+    for request in requests:
+        made = cloud[request.server_id]
+        assert made["name"] == request.name and made["status"] == "ACTIVE"
+        assert sorted(made["tags"]) == sorted([*request.spec["tags"], BAREMETAL])
+        wanted = {a["volume_id"] for a in request.spec["attach_volumes"]}
+        assert {v["id"] for v in made["volumes"]} == wanted
+
+
+def test_failed_sub_jobs_are_retried_and_the_built_servers_go_on(stack_factory):
+    stack = stack_factory(count_fail_share=0.4)
+    stack.start_worker("all", concurrency=4)
+    submitted = stack.submit({"name": "partial", "servers": [server(name="part", count=5)]})
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=180)
+
+    assert [r.state for r in requests] == [S.ACTIVE] * 5
+    assert sum(1 for r in requests if r.attempt > 1) == 2  # 40% of 5 sub_jobs failed
+    made = live(stack)
+    assert sorted(s["name"] for s in made) == [f"part-{i:04d}" for i in range(5)]  # no orphan
+    assert {s["id"] for s in made} == {r.server_id for r in requests}
+
+
+def test_a_worker_killed_right_after_the_group_post_adopts_the_group(stack_factory, tmp_path):
+    token = tmp_path / "kill-token"
+    token.write_text("armed")
+    stack = stack_factory()
+    stack.start_worker("all", concurrency=2, **{KILL_AFTER_CREATE_POST: str(token)})
+    submitted = stack.submit({"name": "crash", "servers": [server(name="crash", count=5)]})
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=120)
+
+    assert not token.exists(), "the crash hook never fired"
+    assert [r.state for r in requests] == [S.ACTIVE] * 5
+    assert calls(stack, "create") == 1  # adopted by its marker, never created again
+    cloud = stack.simulator.control.servers()
+    assert sorted(s["name"] for s in cloud) == [f"crash-{i:04d}" for i in range(5)]
