@@ -1,4 +1,5 @@
-"""Dispatch of a stored batch: its chains sent in chunks by a control task, behind a watermark.
+"""Dispatch of a stored batch: its chains fed to the create quota by a control task, behind a
+watermark.
 
 The intake stores a batch in one transaction and sends ``bms.start_batch`` (the preflight,
 ``tasks.preflight``), which hands on to ``bms.dispatch_batch``: nobody waits for the batch's
@@ -7,14 +8,30 @@ of requests (``BMS_DISPATCH_CHUNK``, in submission order) with :func:`tasks.cont
 moves the batch's ``dispatched_position`` past them, and sends itself for the chunk after. So
 the control queue stays shared with other batches and the reconciler between chunks.
 
-The watermark is moved by compare-and-set: of two runs that dispatched the same chunk (a
-redelivery, a resume racing a slow run), one moves it and goes on, the other stops. Sending a
-chunk twice is harmless, each chain start bumps the request's fencing token. A dispatch that
-died (a worker killed, the broker unreachable) leaves the watermark where it was; the batch
-reconciler (``bms.reconcile_batches``, a beat task) resumes every batch whose watermark has not
-reached its last request and has not moved for ``BMS_DISPATCH_STALL_SECONDS``: through
-``bms.start_batch`` while the watermark is 0 (its preflight may not have run), else through
-``bms.dispatch_batch``.
+The feeder. Waiting for quota must cost nothing, so a request waiting for its create is a
+PENDING row past the watermark, not a message: each run sends only as many creates as the
+create class admits now. It reads the class's capacity (one Redis call, no SQL: a run that
+finds none re-sends itself for the instant the next slot frees), then *reserves* the slots
+(:meth:`~worker.limiter.GlobalLimiter.reserve`) and hands one to each create it sends (the
+message's ``slot``), so the create never competes for quota with other callers; a slot not
+used (a request cancelled meanwhile) is given back. Several batches feed side by side: the
+reservation is atomic, so each slot goes to exactly one of them.
+
+The watermark is moved by compare-and-set *before* the chains are sent: of two runs that expect
+the same watermark (a redelivery, a resume racing a waiting run), one moves it and sends the
+chunk, the other gives its slots back and stops, sending nothing; a run that expects a watermark
+that has moved on stops too, so two feeders of one batch collapse into one at the next move. A
+broker found unreachable moves the watermark back to the first chain not sent. A feeder that
+died (a worker killed) is resumed by the batch reconciler (``bms.reconcile_batches``, a beat
+task), which resumes every batch whose watermark has not reached its last request and has not
+moved for ``BMS_DISPATCH_STALL_SECONDS``: through ``bms.start_batch`` while the watermark is 0
+(its preflight may not have run), else through ``bms.dispatch_batch``. Chains of a chunk that
+died half-sent are below the watermark, where the request reconciler restarts them (it leaves
+the PENDING requests past the watermark alone: they are waiting, not stalled).
+
+Today each request is one create call. When creates are grouped (``tasks.grouping``: one
+``count`` create for many servers), :func:`create_calls` is the one place that says how many
+calls a dispatched unit costs.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import shared_task
@@ -32,19 +50,40 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.base import utcnow
 from models.db import session_scope
 from models.records import Batch, ServerRequest
-from models.states import IN_FLIGHT_STATES
-from tasks.control import dispatch
+from models.states import IN_FLIGHT_STATES, RequestState
+from tasks.control import take_over
 from worker import fault_hooks
-from worker.app import app
+from worker.app import MAX_COUNTDOWN_SECONDS, app
+from worker.limiter import GlobalLimiter
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.batch_dispatch")
 
 #: Batches resumed per run of the batch reconciler (the rest wait for its next run).
 RESUME_LIMIT = 100
+#: The API class the feeder admits requests by.
+CREATE_CLASS = "create"
+#: A row read per slot free: the rows cancelled meanwhile need none, so a run reads a few more.
+ROWS_PER_SLOT = 4
+#: States of a request whose chain starts with a create call (it needs a slot).
+NEEDS_CREATE = (RequestState.PENDING, RequestState.CREATING)
 
 
-def send(batch_id: uuid.UUID | str, position: int | None, task: str = "bms.dispatch_batch") -> bool:
+@dataclass(frozen=True)
+class Feed:
+    """What a feeder run leaves to the next one: the watermark it expects, and in how many
+    seconds it should run (0: now, slots are left; else when the next slot frees)."""
+
+    position: int
+    countdown: float = 0.0
+
+
+def send(
+    batch_id: uuid.UUID | str,
+    position: int | None,
+    task: str = "bms.dispatch_batch",
+    countdown: float = 0.0,
+) -> bool:
     """Send ``bms.dispatch_batch`` for the batch; ``position``: the watermark it expects
     (``None``: whatever the watermark is). ``False`` when the broker cannot be reached: the
     batch reconciler sends it later."""
@@ -52,24 +91,51 @@ def send(batch_id: uuid.UUID | str, position: int | None, task: str = "bms.dispa
     if task == "bms.dispatch_batch":
         kwargs["position"] = position
     signature = app.signature(task, kwargs=kwargs, immutable=True)
+    options = {"countdown": min(countdown, MAX_COUNTDOWN_SECONDS)} if countdown > 0 else {}
     try:
         # ignore_result: a sender that does not know the task (the API) would otherwise
         # subscribe to a result that never comes.
-        signature.apply_async(ignore_result=True)
+        signature.apply_async(ignore_result=True, **options)
     except OperationalError as exc:
         log.warning("broker unreachable (%s): batch %s is dispatched later", exc, batch_id)
         return False
     return True
 
 
-def dispatch_chunk(
-    sessions: sessionmaker[Session], batch_id: uuid.UUID, position: int | None, size: int
-) -> int | None:
-    """Send the chains of the batch's next ``size`` requests and move its watermark past them.
+def feed(
+    sessions: sessionmaker[Session],
+    limiter: GlobalLimiter | None,
+    batch_id: uuid.UUID,
+    position: int | None,
+    size: int,
+) -> Feed | None:
+    """One feeder run: the next chunk if the create class has room now, else nothing but the
+    time to come back. ``None``: nothing left to feed, or another run owns the batch."""
+    if limiter is None:  # no quota to wait for (tests): whole chunks
+        return dispatch_chunk(sessions, batch_id, position, size)
+    if position is None:  # a resume: expect the watermark as it is now
+        position = _watermark(sessions, batch_id)
+        if position is None:
+            return None
+    room = limiter.capacity(CREATE_CLASS)
+    if not room.free:
+        return Feed(position, room.wait_seconds)  # one Redis call, not a single SQL statement
+    return dispatch_chunk(sessions, batch_id, position, min(size, room.free), limiter)
 
-    A batch's dispatch starts here, with the chunk at watermark 0. ``position`` is the
-    watermark the caller expects; another one means another run has moved on, and this one
-    stops. Returns the new watermark when requests are left to dispatch, else ``None``.
+
+def dispatch_chunk(
+    sessions: sessionmaker[Session],
+    batch_id: uuid.UUID,
+    position: int | None,
+    size: int,
+    limiter: GlobalLimiter | None = None,
+) -> Feed | None:
+    """Send the chains of the batch's next requests, at most ``size`` create calls (with a
+    ``limiter``: as many as it grants, each create carrying its slot), and move the watermark
+    past them, before sending.
+
+    ``position`` is the watermark the caller expects; another one means another run has moved
+    on, and this one stops. Returns what the next run expects when requests are left.
     """
     with session_scope(sessions) as session:
         row = session.execute(
@@ -80,26 +146,94 @@ def dispatch_chunk(
         start, total = row
         if (position is not None and start != position) or start >= total:
             return None
-        end = min(start + size, total)
-        chunk = _chunk(session, batch_id, start, end)
-    # Requests cancelled meanwhile have no chain to start; any other one must be sent.
-    expected = sum(1 for _id, state in chunk if state in IN_FLIGHT_STATES)
-    sent = dispatch(sessions, [request_id for request_id, _state in chunk])
-    if sent < expected:
-        log.warning(
-            "batch %s: %d of %d chains of positions %d-%d sent; the batch reconciler resumes",
-            batch_id, sent, expected, start, end - 1,
-        )  # fmt: skip
+        window = size if limiter is None else size * ROWS_PER_SLOT
+        chunk = list(_chunk(session, batch_id, start, min(start + window, total)))
+    chunk = _within(chunk, size)
+    slots, wait = _reserve(limiter, chunk)
+    chunk = _within(chunk, len(slots)) if limiter is not None else chunk
+    end = chunk[-1].position + 1 if chunk else start
+    if end == start:
+        return Feed(start, wait)  # the slots went to another caller: back when one frees
+    if not _move(sessions, batch_id, start, end):
+        _release(limiter, slots)
+        return None  # another run sends this chunk
+    sent_to = _send_chunk(sessions, chunk, slots, limiter)
+    if sent_to < end:
+        _move(sessions, batch_id, end, sent_to)  # the rest is the batch reconciler's
+        log.warning("batch %s: broker unreachable at position %d; the batch reconciler "
+                    "resumes", batch_id, sent_to)  # fmt: skip
         return None
+    return Feed(end, wait) if end < total else None
+
+
+def create_calls(request_state: RequestState) -> int:
+    """Create calls the chain of a request in this state starts with (the slots it needs)."""
+    return 1 if request_state in NEEDS_CREATE else 0
+
+
+def _within(chunk: Sequence, calls: int) -> list:
+    """The longest prefix of ``chunk`` whose creates fit in ``calls``."""
+    kept, spent = [], 0
+    for row in chunk:
+        spent += create_calls(row.state)
+        if spent > calls:
+            break
+        kept.append(row)
+    return kept
+
+
+def _reserve(limiter: GlobalLimiter | None, chunk: Sequence) -> tuple[list[int], float]:
+    wanted = sum(create_calls(row.state) for row in chunk)
+    if limiter is None or not wanted:
+        return [], 0.0
+    reservation = limiter.reserve(CREATE_CLASS, wanted)
+    return reservation.entries, reservation.wait_seconds
+
+
+def _release(limiter: GlobalLimiter | None, slots: list[int]) -> None:
+    if limiter is not None and slots:
+        limiter.release(CREATE_CLASS, slots)
+
+
+def _move(sessions: sessionmaker[Session], batch_id: uuid.UUID, start: int, end: int) -> bool:
+    """Compare-and-set of the watermark: ``start`` -> ``end``; whether this run moved it."""
     with session_scope(sessions) as session:
-        moved = session.execute(
-            update(Batch.__table__)
-            .where(Batch.id == batch_id, Batch.dispatched_position == start)
-            .values(dispatched_position=end)
-        ).rowcount
-    if not moved:
-        return None  # another run dispatched this chunk too, and goes on from here
-    return end if end < total else None
+        return bool(
+            session.execute(
+                update(Batch.__table__)
+                .where(Batch.id == batch_id, Batch.dispatched_position == start)
+                .values(dispatched_position=end)
+            ).rowcount
+        )
+
+
+def _send_chunk(sessions: sessionmaker[Session], chunk: Sequence, slots: list[int], limiter) -> int:
+    """Start each request's chain, a create with its slot; returns the position up to which
+    all were sent (the chunk's end, or the first one the broker did not take)."""
+    slots = list(slots)
+    for row in chunk:
+        if row.state not in IN_FLIGHT_STATES:
+            continue  # cancelled meanwhile: no chain, no slot
+        slot = slots.pop(0) if create_calls(row.state) and slots else None
+        with session_scope(sessions) as session:
+            signature = take_over(session, row.id)
+        if signature is not None and slot is not None and signature.task == "bms.create_server":
+            signature.kwargs["slot"], slot = slot, None
+        _release(limiter, [slot] if slot is not None else [])
+        if signature is None:
+            continue
+        try:
+            signature.apply_async()
+        except OperationalError as exc:
+            log.warning("broker unreachable (%s)", exc)
+            _release(limiter, slots)
+            return row.position
+    return chunk[-1].position + 1 if chunk else 0
+
+
+def _watermark(sessions: sessionmaker[Session], batch_id: uuid.UUID) -> int | None:
+    with session_scope(sessions) as session:
+        return session.scalar(select(Batch.dispatched_position).where(Batch.id == batch_id))
 
 
 def close(sessions: sessionmaker[Session], batch_id: uuid.UUID) -> None:
@@ -115,7 +249,7 @@ def close(sessions: sessionmaker[Session], batch_id: uuid.UUID) -> None:
 
 def _chunk(session: Session, batch_id: uuid.UUID, start: int, end: int) -> Sequence:
     return session.execute(
-        select(ServerRequest.id, ServerRequest.state)
+        select(ServerRequest.id, ServerRequest.state, ServerRequest.position)
         .where(
             ServerRequest.batch_id == batch_id,
             ServerRequest.position >= start,
@@ -127,15 +261,21 @@ def _chunk(session: Session, batch_id: uuid.UUID, start: int, end: int) -> Seque
 
 @shared_task(name="bms.dispatch_batch", ignore_result=True, acks_late=True)
 def dispatch_batch(batch_id: str, position: int | None = None) -> int | None:
-    """Dispatch the next chunk of a stored batch, then send itself for the chunk after it."""
+    """Feed the next chunk of a stored batch to the create quota, then send itself for the
+    chunk after it (at once, or when the next slot frees)."""
     current = runtime()
-    following = dispatch_chunk(
-        current.sessions, uuid.UUID(batch_id), position, current.settings.dispatch_chunk
+    following = feed(
+        current.sessions,
+        current.limiter,
+        uuid.UUID(batch_id),
+        position,
+        current.settings.dispatch_chunk,
     )
     fault_hooks.after_dispatch_chunk()
-    if following is not None:
-        send(batch_id, following)
-    return following
+    if following is None:
+        return None
+    send(batch_id, following.position, countdown=following.countdown)
+    return following.position
 
 
 def stalled_batches(session: Session, idle_seconds: float) -> list[tuple[uuid.UUID, int]]:

@@ -18,13 +18,14 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
+from celery.canvas import Signature
 from kombu.exceptions import OperationalError
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from models.base import utcnow
 from models.db import session_scope
-from models.records import AttachmentState, ServerRequest, transition, watched_clause
+from models.records import AttachmentState, Batch, ServerRequest, transition, watched_clause
 from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
 from tasks.base import give_up
 from tasks.plan import STEP_OF_TASK, next_signature, next_task_name
@@ -74,6 +75,12 @@ def dispatch(
     return sent
 
 
+def take_over(session: Session, request_id: uuid.UUID) -> Signature | None:
+    """Advance the request's token (in SQL, atomically) and name the step that starts its
+    chain; the caller sends it after the commit (``None``: gone, or nothing to do)."""
+    return _restart(session, request_id, None, None)
+
+
 def _restart(session: Session, request_id: uuid.UUID, idle_before, max_restarts):
     """Take the request over (token advanced in SQL, atomically) and name its next step."""
     bump = update(ServerRequest).where(ServerRequest.id == request_id)
@@ -102,11 +109,27 @@ def _end_stalled(session: Session, request: ServerRequest) -> None:
 
 
 def stalled_request_ids(session: Session, idle_seconds: float) -> list[uuid.UUID]:
-    """Unfinished requests, or ones with a server left to delete, idle for ``idle_seconds``."""
+    """Unfinished requests, or ones with a server left to delete, idle for ``idle_seconds``.
+
+    A request its batch's feeder has not reached yet (PENDING, at or past the dispatch
+    watermark) is waiting for quota, not stalled: the batch reconciler watches its feeder.
+    """
     cutoff = utcnow() - timedelta(seconds=idle_seconds)
     # watched_clause() is also the predicate of the partial index this query walks.
-    query = select(ServerRequest.id).where(watched_clause(), ServerRequest.updated_at < cutoff)
+    query = select(ServerRequest.id).where(
+        watched_clause(), ServerRequest.updated_at < cutoff, ~_undispatched()
+    )
     return list(session.scalars(query.order_by(ServerRequest.updated_at).limit(1000)))
+
+
+def _undispatched() -> ColumnElement[bool]:
+    watermark = (
+        select(Batch.dispatched_position)
+        .where(Batch.id == ServerRequest.batch_id)
+        .correlate(ServerRequest)
+        .scalar_subquery()
+    )
+    return (ServerRequest.state == S.PENDING) & (ServerRequest.position >= watermark)
 
 
 @shared_task(name="bms.reconcile", ignore_result=True, acks_late=True)

@@ -16,7 +16,7 @@ from bmsctl.processes import free_port
 from models.records import Batch, BatchSource, ServerRequest
 from models.spec import parse_batch
 from tasks import batch_dispatch
-from tasks.batch_dispatch import dispatch_chunk, stalled_batch_ids
+from tasks.batch_dispatch import stalled_batch_ids
 from tasks.control import cancel
 from tasks.intake import submit
 from tests.factories import batch, server
@@ -33,6 +33,12 @@ def sessions(database, redis_url):
 def stored_batch(sessions, size: int) -> uuid.UUID:
     spec = parse_batch(batch(*(server(name=f"node-{n}") for n in range(size))))
     return submit(sessions, spec, BatchSource.API).batch_id
+
+
+def step(sessions, batch_id: uuid.UUID, position: int | None, size: int) -> int | None:
+    """One run of the dispatch without a quota: the watermark the next run expects, or None."""
+    fed = batch_dispatch.dispatch_chunk(sessions, batch_id, position, size)
+    return fed.position if fed else None
 
 
 def watermark(sessions, batch_id: uuid.UUID) -> int:
@@ -58,9 +64,9 @@ def worker_runtime(sessions, redis_url):
 def test_chunks_move_the_watermark_to_the_end_each_chain_sent_once(sessions):
     batch_id = stored_batch(sessions, 5)
 
-    positions = [dispatch_chunk(sessions, batch_id, 0, size=2)]
+    positions = [step(sessions, batch_id, 0, size=2)]
     while positions[-1] is not None:
-        positions.append(dispatch_chunk(sessions, batch_id, positions[-1], size=2))
+        positions.append(step(sessions, batch_id, positions[-1], size=2))
 
     assert positions == [2, 4, None]
     assert watermark(sessions, batch_id) == 5
@@ -69,10 +75,10 @@ def test_chunks_move_the_watermark_to_the_end_each_chain_sent_once(sessions):
 
 def test_a_run_that_expects_another_watermark_stops(sessions):
     batch_id = stored_batch(sessions, 5)
-    assert dispatch_chunk(sessions, batch_id, 0, size=2) == 2
+    assert step(sessions, batch_id, 0, size=2) == 2
 
     # A redelivery of the first message: the watermark moved on, so it stops, sending nothing.
-    assert dispatch_chunk(sessions, batch_id, 0, size=2) is None
+    assert step(sessions, batch_id, 0, size=2) is None
     assert watermark(sessions, batch_id) == 2
     assert fences(sessions, batch_id) == [1, 1, 0, 0, 0]
 
@@ -81,7 +87,7 @@ def test_a_dispatch_killed_midway_is_completed_by_the_batch_reconciler(sessions,
     batch_id = stored_batch(sessions, 5)
     # The first chunk went out and the watermark moved; then the worker died before it sent
     # the task for the next chunk.
-    assert dispatch_chunk(sessions, batch_id, 0, size=2) == 2
+    assert step(sessions, batch_id, 0, size=2) == 2
     with sessions() as session:
         assert stalled_batch_ids(session, idle_seconds=30) == []  # not stalled for long yet
         assert stalled_batch_ids(session, idle_seconds=0) == [batch_id]
@@ -115,11 +121,11 @@ def test_an_unreachable_broker_leaves_the_watermark_for_the_reconciler(sessions,
     dead = make_celery(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     monkeypatch.setattr(tasks.plan, "app", dead)
 
-    assert dispatch_chunk(sessions, batch_id, 0, size=2) is None
+    assert step(sessions, batch_id, 0, size=2) is None
 
     assert watermark(sessions, batch_id) == 0
     monkeypatch.undo()
-    assert dispatch_chunk(sessions, batch_id, 0, size=2) == 2
+    assert step(sessions, batch_id, 0, size=2) == 2
 
 
 def test_cancelled_requests_do_not_hold_the_dispatch_back(sessions):
@@ -134,7 +140,7 @@ def test_cancelled_requests_do_not_hold_the_dispatch_back(sessions):
         )
     cancel(sessions, [ids[1]])
 
-    assert dispatch_chunk(sessions, batch_id, 0, size=3) is None
+    assert step(sessions, batch_id, 0, size=3) is None
 
     assert watermark(sessions, batch_id) == 3
     assert fences(sessions, batch_id)[0] == 1 and fences(sessions, batch_id)[2] == 1
@@ -145,10 +151,12 @@ def test_the_batch_reconciler_restarts_a_batch_never_started_through_its_preflig
 ):
     never_started = stored_batch(sessions, 3)  # its bms.start_batch message was lost
     half_dispatched = stored_batch(sessions, 5)
-    assert dispatch_chunk(sessions, half_dispatched, 0, size=2) == 2
+    assert step(sessions, half_dispatched, 0, size=2) == 2
     sent = []
     monkeypatch.setattr(
-        batch_dispatch, "send", lambda batch_id, _pos, task: sent.append((batch_id, task)) or True
+        batch_dispatch,
+        "send",
+        lambda batch_id, _p, task, **_: sent.append((batch_id, task)) or True,
     )
     stalled_for_long = worker_runtime.model_copy(update={"dispatch_stall_seconds": 1e-6})
     use_runtime(Runtime(stalled_for_long, sessions, limiter=None, client=None))
