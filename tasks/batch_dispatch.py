@@ -29,9 +29,10 @@ moved for ``BMS_DISPATCH_STALL_SECONDS``: through ``bms.start_batch`` while the 
 died half-sent are below the watermark, where the request reconciler restarts them (it leaves
 the PENDING requests past the watermark alone: they are waiting, not stalled).
 
-Today each request is one create call. When creates are grouped (``tasks.grouping``: one
-``count`` create for many servers), :func:`create_calls` is the one place that says how many
-calls a dispatched unit costs.
+A count group (``tasks.group_create``: one ``count`` create makes up to 100 of a batch's
+servers) is one create call: the feeder sends its first waiting member, with one slot, and that
+create hands the other members on; :func:`create_calls` is the one place that says what each
+request costs.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.base import utcnow
 from models.db import session_scope
 from models.records import Batch, ServerRequest
-from models.states import IN_FLIGHT_STATES, RequestState
+from models.states import RequestState
 from tasks.control import take_over
 from worker import fault_hooks
 from worker.app import MAX_COUNTDOWN_SECONDS, app
@@ -63,10 +64,6 @@ log = logging.getLogger("bms.tasks.batch_dispatch")
 RESUME_LIMIT = 100
 #: The API class the feeder admits requests by.
 CREATE_CLASS = "create"
-#: A row read per slot free: the rows cancelled meanwhile need none, so a run reads a few more.
-ROWS_PER_SLOT = 4
-#: States of a request whose chain starts with a create call (it needs a slot).
-NEEDS_CREATE = (RequestState.PENDING, RequestState.CREATING)
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ def feed(
     room = limiter.capacity(CREATE_CLASS)
     if not room.free:
         return Feed(position, room.wait_seconds)  # one Redis call, not a single SQL statement
-    return dispatch_chunk(sessions, batch_id, position, min(size, room.free), limiter)
+    return dispatch_chunk(sessions, batch_id, position, min(size, room.free), limiter, rows=size)
 
 
 def dispatch_chunk(
@@ -129,10 +126,11 @@ def dispatch_chunk(
     position: int | None,
     size: int,
     limiter: GlobalLimiter | None = None,
+    rows: int | None = None,
 ) -> Feed | None:
     """Send the chains of the batch's next requests, at most ``size`` create calls (with a
-    ``limiter``: as many as it grants, each create carrying its slot), and move the watermark
-    past them, before sending.
+    ``limiter``: as many as it grants, each create carrying its slot), looking at most ``rows``
+    requests ahead, and move the watermark past them, before sending.
 
     ``position`` is the watermark the caller expects; another one means another run has moved
     on, and this one stops. Returns what the next run expects when requests are left.
@@ -146,8 +144,7 @@ def dispatch_chunk(
         start, total = row
         if (position is not None and start != position) or start >= total:
             return None
-        window = size if limiter is None else size * ROWS_PER_SLOT
-        chunk = list(_chunk(session, batch_id, start, min(start + window, total)))
+        chunk = list(_chunk(session, batch_id, start, min(start + (rows or size), total)))
     chunk = _within(chunk, size)
     slots, wait = _reserve(limiter, chunk)
     chunk = _within(chunk, len(slots)) if limiter is not None else chunk
@@ -166,16 +163,26 @@ def dispatch_chunk(
     return Feed(end, wait) if end < total else None
 
 
-def create_calls(request_state: RequestState) -> int:
-    """Create calls the chain of a request in this state starts with (the slots it needs)."""
-    return 1 if request_state in NEEDS_CREATE else 0
+def create_calls(chunk: Sequence) -> list[int]:
+    """The create calls each request of ``chunk`` starts, in order: the slots its message
+    needs. 1 for a PENDING request created on its own, and for the first PENDING member of a
+    count group (``tasks.group_create``: its create makes the whole group, and hands each other
+    member on, so those get no message of their own); 0 for every other request, which the
+    feeder sends nothing for (cancelled, or already moved on by its group)."""
+    calls, groups = [], set()
+    for row in chunk:
+        first = row.group_id is None or row.group_id not in groups
+        calls.append(1 if row.state is RequestState.PENDING and first else 0)
+        if row.state is RequestState.PENDING and row.group_id is not None:
+            groups.add(row.group_id)
+    return calls
 
 
 def _within(chunk: Sequence, calls: int) -> list:
     """The longest prefix of ``chunk`` whose creates fit in ``calls``."""
     kept, spent = [], 0
-    for row in chunk:
-        spent += create_calls(row.state)
+    for row, cost in zip(chunk, create_calls(chunk), strict=True):
+        spent += cost
         if spent > calls:
             break
         kept.append(row)
@@ -183,7 +190,7 @@ def _within(chunk: Sequence, calls: int) -> list:
 
 
 def _reserve(limiter: GlobalLimiter | None, chunk: Sequence) -> tuple[list[int], float]:
-    wanted = sum(create_calls(row.state) for row in chunk)
+    wanted = sum(create_calls(chunk))
     if limiter is None or not wanted:
         return [], 0.0
     reservation = limiter.reserve(CREATE_CLASS, wanted)
@@ -208,18 +215,19 @@ def _move(sessions: sessionmaker[Session], batch_id: uuid.UUID, start: int, end:
 
 
 def _send_chunk(sessions: sessionmaker[Session], chunk: Sequence, slots: list[int], limiter) -> int:
-    """Start each request's chain, a create with its slot; returns the position up to which
-    all were sent (the chunk's end, or the first one the broker did not take)."""
+    """Start the chain of each request that makes a create call, with its slot; returns the
+    position up to which all were sent (the chunk's end, or the first one the broker did not
+    take)."""
     slots = list(slots)
-    for row in chunk:
-        if row.state not in IN_FLIGHT_STATES:
-            continue  # cancelled meanwhile: no chain, no slot
-        slot = slots.pop(0) if create_calls(row.state) and slots else None
+    for row, cost in zip(chunk, create_calls(chunk), strict=True):
+        if not cost:
+            continue
+        slot = slots.pop(0) if slots else None
         with session_scope(sessions) as session:
             signature = take_over(session, row.id)
         if signature is not None and slot is not None and signature.task == "bms.create_server":
             signature.kwargs["slot"], slot = slot, None
-        _release(limiter, [slot] if slot is not None else [])
+        _release(limiter, [slot] if slot is not None else [])  # cancelled since it was read
         if signature is None:
             continue
         try:
@@ -249,7 +257,9 @@ def close(sessions: sessionmaker[Session], batch_id: uuid.UUID) -> None:
 
 def _chunk(session: Session, batch_id: uuid.UUID, start: int, end: int) -> Sequence:
     return session.execute(
-        select(ServerRequest.id, ServerRequest.state, ServerRequest.position)
+        select(
+            ServerRequest.id, ServerRequest.state, ServerRequest.position, ServerRequest.group_id
+        )
         .where(
             ServerRequest.batch_id == batch_id,
             ServerRequest.position >= start,

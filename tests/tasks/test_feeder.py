@@ -18,7 +18,7 @@ from models.base import utcnow
 from models.records import Batch, BatchSource, ServerRequest
 from models.spec import parse_batch
 from models.states import RequestState, Step
-from tasks import batch_dispatch
+from tasks import batch_dispatch, group_create
 from tasks.batch_dispatch import Feed, dispatch_chunk, feed
 from tasks.control import cancel, retry, stalled_request_ids
 from tasks.intake import submit
@@ -271,3 +271,23 @@ def test_a_resume_reads_the_watermark_then_waits_without_more_sql(sessions, quot
 
     assert resumed.position == 2
     assert [s.split()[0] for s in statements if not s.startswith("BEGIN")] == ["SELECT"]
+
+
+def test_a_count_group_costs_one_slot_and_only_its_first_member_is_sent(sessions, quota, sent):
+    names = ["g-0000", "g-0001", "g-0002", "solo-a", "solo-b"]
+    spec = parse_batch(batch(*(server(name=name) for name in names)))
+    batch_id = submit(sessions, spec, BatchSource.API).batch_id
+    assert group_create.plan_batch(sessions, batch_id, group_max=100) == 1
+    ids = request_ids(sessions, batch_id)
+
+    fed = feed(sessions, quota, batch_id, 0, size=500)
+
+    # The group's create (its first member's message) makes all three: one slot for it, the
+    # other slot for solo-a; solo-b waits for the next slot.
+    assert fed.position == 4
+    assert [(request_id, task) for request_id, task, _slot in sent] == [
+        (ids[0], "bms.create_server"),
+        (ids[3], "bms.create_server"),
+    ]
+    assert None not in [slot for _id, _task, slot in sent]
+    assert [fence for _state, fence in rows(sessions, batch_id)] == [1, 0, 0, 1, 0]
