@@ -1,4 +1,5 @@
-"""Routes of ``/v1/batches``: submit a batch, list and read batches, cancel or retry one."""
+"""Routes of ``/v1/batches``: submit a batch, list and read batches, cancel, retry or tear
+down one."""
 
 from __future__ import annotations
 
@@ -18,17 +19,20 @@ from api.schemas import (
     BatchDetail,
     BatchPage,
     BatchRetried,
+    BatchTeardown,
+    IdempotencyConflictProblem,
     InvalidRequest,
     Problem,
     RequestRef,
+    SkippedRequest,
     SubmittedBatch,
 )
 from models.db import session_scope
 from models.records import BatchSource
 from models.spec import MAX_IDEMPOTENCY_KEY, SpecError, parse_batch
 from models.states import RequestState
-from tasks import control
-from tasks.intake import submit
+from tasks import control, teardown
+from tasks.intake import IdempotencyConflict, submit
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -92,6 +96,10 @@ def _not_found(batch_id: uuid.UUID) -> HTTPException:
             "description": "A replay of an Idempotency-Key; or, with `dry_run=true`, the "
             "preflight's report (nothing stored, nothing created).",
         },
+        409: {
+            "model": IdempotencyConflictProblem,
+            "description": "The Idempotency-Key was used for a batch with another body.",
+        },
         **INVALID,
         503: {"model": Problem, "description": "A dry run could not read the cloud."},
         **TOO_LARGE,
@@ -123,8 +131,10 @@ def submit_batch(
     one request per server (``count`` expanded), all PENDING, and ``total``, how many were
     stored. The workers send their chains right after, in chunks (``bms.dispatch_batch``).
 
-    With an ``Idempotency-Key`` already used, nothing is created: the answer is **200** with the
-    first batch's id and requests (their states as they are now), whatever this body holds.
+    With an ``Idempotency-Key`` already used for the same batch, nothing is created: the answer
+    is **200** with the first batch's id and requests (their states as they are now). The same
+    key with another batch answers **409** with the SHA-256 digests of both canonical bodies
+    (name and servers, defaults merged, keys sorted); nothing is stored.
     A batch that does not validate answers **422** naming every bad field; nothing is stored.
     So does one of more than ``BMS_MAX_BATCH_SERVERS`` servers (counts included), nested deeper
     than 32 levels, or holding control characters. A body over ``BMS_API_MAX_BODY_BYTES`` is
@@ -141,7 +151,16 @@ def submit_batch(
         raise InvalidFields(exc.errors) from None
     if dry_run_:
         return _dry_run(settings, spec)
-    submitted = submit(sessions, spec, BatchSource.API, idempotency_key)
+    try:
+        submitted = submit(sessions, spec, BatchSource.API, idempotency_key)
+    except IdempotencyConflict as exc:
+        problem = IdempotencyConflictProblem(
+            detail=str(exc),
+            batch_id=exc.batch_id,
+            stored_digest=exc.stored_digest,
+            submitted_digest=exc.submitted_digest,
+        )
+        return JSONResponse(problem.model_dump(mode="json"), status.HTTP_409_CONFLICT)
     if not submitted.created:
         with session_scope(sessions) as session:
             return _json(queries.submitted_batch(session, submitted.batch_id))
@@ -221,6 +240,24 @@ def retry_batch(batch_id: uuid.UUID, sessions: Sessions) -> BatchRetried:
     """Each FAILED request resumes at the step that failed, with a fresh attempt budget."""
     request_ids = _request_ids(sessions, batch_id)
     return BatchRetried(batch_id=batch_id, retried=control.retry(sessions, request_ids))
+
+
+@router.post(
+    "/{batch_id}/teardown",
+    response_model=BatchTeardown,
+    summary="Delete a batch's servers, keeping their volumes",
+    responses={**NOT_FOUND, **INVALID},
+)
+def teardown_batch(batch_id: uuid.UUID, sessions: Sessions) -> BatchTeardown:
+    """Each request that has a server (ACTIVE, or left by a FAILED or CANCELLED one) goes
+    TEARING_DOWN: its volumes are detached, its server is deleted and the delete job watched to
+    its end, then it is TORN_DOWN; the volumes stay. Requests still being provisioned (cancel
+    them first) or without a server are listed in ``skipped`` with the reason. Calling it again
+    starts nothing twice."""
+    request_ids = _request_ids(sessions, batch_id)
+    started = teardown.start_teardown(sessions, request_ids)
+    skipped = [SkippedRequest(id=i, reason=reason) for i, reason in started.skipped]
+    return BatchTeardown(batch_id=batch_id, tearing_down=started.started, skipped=skipped)
 
 
 def _request_ids(sessions: Sessions, batch_id: uuid.UUID) -> list[uuid.UUID]:

@@ -159,6 +159,29 @@ class BatchRetried(BaseModel):
     retried: list[uuid.UUID]
 
 
+class IdempotencyConflictProblem(Problem):
+    """409: the Idempotency-Key names a batch whose body was another; nothing was stored."""
+
+    batch_id: uuid.UUID = Field(description="The batch stored under the key.")
+    stored_digest: str = Field(description="SHA-256 of that batch's canonical body.")
+    submitted_digest: str = Field(description="SHA-256 of this request's canonical body.")
+
+
+class SkippedRequest(BaseModel):
+    """A request a teardown left alone, and why."""
+
+    id: uuid.UUID
+    reason: str = Field(examples=["BUILDING: cancel it first", "has no server"])
+
+
+class BatchTeardown(BaseModel):
+    """The requests of the batch now TEARING_DOWN, and those left alone."""
+
+    batch_id: uuid.UUID
+    tearing_down: list[uuid.UUID]
+    skipped: list[SkippedRequest]
+
+
 class Check(BaseModel):
     """One dependency's answer; ``error`` says why it did not answer."""
 

@@ -103,6 +103,9 @@ class ApiClient:
     def retry_batch(self, batch_id: str) -> dict:
         return self._call("POST", f"/v1/batches/{batch_id}/retry")
 
+    def teardown_batch(self, batch_id: str) -> dict:
+        return self._call("POST", f"/v1/batches/{batch_id}/teardown")
+
     def retry_request(self, request_id: str) -> dict:
         return self._call("POST", f"/v1/requests/{request_id}/retry")
 

@@ -1,5 +1,5 @@
-"""``bmsctl submit | watch | status | show | retry | cancel``: work with a running orchestrator
-through its REST API (see ``bmsctl.apiclient`` for how it is found).
+"""``bmsctl submit | watch | status | show | retry | cancel | teardown``: work with a running
+orchestrator through its REST API (see ``bmsctl.apiclient`` for how it is found).
 
 Whatever the API hands back is printed through ``bmsctl.render`` (no markup, no raw control
 characters); piped or redirected, the output is plain lines.
@@ -16,7 +16,7 @@ from rich.console import Console
 from bmsctl.apiclient import ApiClient, ApiError
 from bmsctl.batchfile import BatchFileError, load_batch
 from bmsctl.render import batch_list_lines, clean, emit, print_batch, request_lines
-from bmsctl.watching import watch
+from bmsctl.watching import Progressor, watch
 from models.canonical import canonical_body
 from models.spec import SpecError
 
@@ -42,6 +42,16 @@ def register(subparsers) -> None:
     show = _command(subparsers, "show", "one request: state, error, volumes, timeline", run_show)
     show.add_argument("request", help="a request id (as listed by status BATCH --json)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+
+    teardown = _command(
+        subparsers,
+        "teardown",
+        "delete a batch's servers (ACTIVE, or left by FAILED or CANCELLED requests), "
+        "detaching their volumes first; the volumes are kept",
+        run_teardown,
+    )
+    teardown.add_argument("batch")
+    teardown.add_argument("--watch", action="store_true", help="follow it until it ends")
 
     for name, verb in (("retry", "retry FAILED requests"), ("cancel", "cancel requests")):
         command = _command(subparsers, name, f"{verb} of a batch, or one request", run_operation)
@@ -157,3 +167,28 @@ def run_operation(args, client: ApiClient, console: Console) -> int:
         answer = client.cancel_request(args.id) if args.request else client.cancel_batch(args.id)
     print(json.dumps(answer, indent=2))
     return 0
+
+
+def run_teardown(args, client: ApiClient, console: Console) -> int:
+    answer = client.teardown_batch(args.batch)
+    started = answer["tearing_down"]
+    emit(console, f"batch {answer['batch_id']}: tearing down {len(started)} request(s)")
+    for skipped in answer["skipped"]:
+        emit(console, f"  skipped {skipped['id']}: {clean(skipped['reason'])}")
+    if not args.watch or not started:
+        return 0
+    final = watch(client, args.batch, console, progress_of=teardown_progress(started))
+    print_batch(console, final)
+    torn_down = [r for r in final["requests"] if r["id"] in set(started)]
+    return 0 if all(r["state"] == "TORN_DOWN" for r in torn_down) else 1
+
+
+def teardown_progress(request_ids: list[str]) -> Progressor:
+    """Done: the requests this teardown started that are no longer TEARING_DOWN."""
+    wanted = set(request_ids)
+
+    def progress(batch: dict) -> tuple[int, int]:
+        mine = [r for r in batch["requests"] if r["id"] in wanted]
+        return sum(r["state"] != "TEARING_DOWN" for r in mine), len(wanted)
+
+    return progress

@@ -38,12 +38,18 @@ class AttachmentState(enum.StrEnum):
     ATTACHING = "ATTACHING"
     ATTACHED = "ATTACHED"
     FAILED = "FAILED"
+    # Teardown: queued, intent recorded (then its job id), done, or left for the delete.
+    TO_DETACH = "TO_DETACH"
+    DETACHING = "DETACHING"
+    DETACHED = "DETACHED"
+    KEPT = "KEPT"
 
 
 class JobKind(enum.StrEnum):
     CREATE = "create"
     ATTACH = "attach"
     DELETE = "delete"
+    DETACH = "detach"
 
 
 class Batch(Timestamped, Base):
@@ -66,6 +72,9 @@ class Batch(Timestamped, Base):
     #: ``bms.dispatch_batch`` moves it chunk by chunk; the batch reconciler finishes the job
     #: of a dispatch that died.
     dispatched_position: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: SHA-256 of the canonical batch (``models.canonical``): a resubmission with the same key
+    #: and another body is refused. ``None`` for batches stored before it was kept.
+    body_digest: Mapped[str | None] = mapped_column(String(64))
 
     requests: Mapped[list[ServerRequest]] = relationship(
         back_populates="batch", order_by="ServerRequest.position"
@@ -112,6 +121,12 @@ class ServerRequest(Timestamped, Base):
     cleanup_job_id: Mapped[str | None] = mapped_column(String(64))
     #: The server's addresses, recorded when it is finalized.
     addresses: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Teardown: set just before the delete POST ("a delete may be in the cloud").
+    teardown_intent_at: Mapped[datetime | None]
+    #: Teardown: the delete job of ``server_id``, watched to its end.
+    teardown_job_id: Mapped[str | None] = mapped_column(String(64))
+    #: Teardown: delete calls made (its budget is ``BMS_MAX_ATTEMPTS``).
+    teardown_attempts: Mapped[int] = mapped_column(default=0)
     #: Ownership token of the request's one live chain. Every hand-off (a step sending the next
     #: step or re-scheduling itself, dispatch, the reconciler) advances it in the transaction
     #: that decides the hand-off, and the message sent carries the new value; a message whose

@@ -18,6 +18,9 @@ class RequestState(enum.StrEnum):
     ACTIVE = "ACTIVE"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    #: Teardown (``tasks/teardown.py``): volumes detached, then the server deleted.
+    TEARING_DOWN = "TEARING_DOWN"
+    TORN_DOWN = "TORN_DOWN"
 
 
 class Step(enum.StrEnum):
@@ -29,18 +32,22 @@ class Step(enum.StrEnum):
     TAG = "tag"
     RENAME = "rename"
     FINALIZE = "finalize"
+    TEARDOWN = "teardown"
 
 
 S = RequestState
 
 #: States a request never leaves on its own (a FAILED one may be retried by an operator).
-TERMINAL_STATES = frozenset({S.ACTIVE, S.FAILED, S.CANCELLED})
+TERMINAL_STATES = frozenset({S.ACTIVE, S.FAILED, S.CANCELLED, S.TORN_DOWN})
 
 #: States a chain is working on; the reconciler watches these for lack of progress.
-IN_FLIGHT_STATES = frozenset({S.PENDING, S.CREATING, S.BUILDING, S.ATTACHING, S.TAGGING})
+IN_FLIGHT_STATES = frozenset(
+    {S.PENDING, S.CREATING, S.BUILDING, S.ATTACHING, S.TAGGING, S.TEARING_DOWN}
+)
 
 #: from-state -> the states it may go to. Cancel is allowed from every unfinished state; a
-#: FAILED request is retried into the state of the step that failed.
+#: FAILED request is retried into the state of the step that failed. A request with a server
+#: (ACTIVE, or a FAILED or CANCELLED leftover) may be torn down; a cancel stops a teardown.
 ALLOWED_TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     # PENDING -> FAILED: the preflight refused the batch before any create.
     S.PENDING: frozenset({S.CREATING, S.FAILED, S.CANCELLED}),
@@ -48,9 +55,11 @@ ALLOWED_TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     S.BUILDING: frozenset({S.CREATING, S.ATTACHING, S.TAGGING, S.FAILED, S.CANCELLED}),
     S.ATTACHING: frozenset({S.TAGGING, S.FAILED, S.CANCELLED}),
     S.TAGGING: frozenset({S.ACTIVE, S.FAILED, S.CANCELLED}),
-    S.ACTIVE: frozenset(),
-    S.FAILED: frozenset({S.CREATING, S.BUILDING, S.ATTACHING, S.TAGGING}),
-    S.CANCELLED: frozenset(),
+    S.ACTIVE: frozenset({S.TEARING_DOWN}),
+    S.FAILED: frozenset({S.CREATING, S.BUILDING, S.ATTACHING, S.TAGGING, S.TEARING_DOWN}),
+    S.CANCELLED: frozenset({S.TEARING_DOWN}),
+    S.TEARING_DOWN: frozenset({S.TORN_DOWN, S.FAILED, S.CANCELLED}),
+    S.TORN_DOWN: frozenset(),
 }
 
 #: Where a retry of a FAILED request resumes, by the step that failed.
@@ -62,6 +71,7 @@ RESUME_STATE: dict[Step, RequestState] = {
     Step.TAG: S.TAGGING,
     Step.RENAME: S.TAGGING,
     Step.FINALIZE: S.TAGGING,
+    Step.TEARDOWN: S.TEARING_DOWN,
 }
 
 

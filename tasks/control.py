@@ -162,7 +162,8 @@ def cancel(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) ->
             request = _locked(session, request_id)
             if request is None or request.state not in IN_FLIGHT_STATES:
                 continue
-            if request.server_id:
+            # A cancelled teardown keeps its server: the cancel stops the teardown, no more.
+            if request.server_id and request.state is not S.TEARING_DOWN:
                 request.cleanup_server_id, request.cleanup_attempts = request.server_id, 0
             transition(session, request, S.CANCELLED, detail="cancelled by operator")
             cancelled.append(request.id)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
+from models.canonical import batch_digest
 from models.db import session_scope
 from models.records import (
     AttachmentState,
@@ -51,12 +52,33 @@ class Submitted:
         return len(self.request_ids)
 
 
-def _existing(session: Session, idempotency_key: str | None) -> Submitted | None:
+class IdempotencyConflict(Exception):
+    """The idempotency key names a batch whose body differs from this one."""
+
+    def __init__(self, key: str, batch_id: uuid.UUID, stored: str, submitted: str) -> None:
+        self.key, self.batch_id = key, batch_id
+        self.stored_digest, self.submitted_digest = stored, submitted
+        super().__init__(
+            f"Idempotency-Key {key!r} was used for batch {batch_id} with another body "
+            f"(stored sha256 {stored}, this one {submitted})"
+        )
+
+
+def _existing(
+    session: Session, idempotency_key: str | None, digest: str | None = None
+) -> Submitted | None:
+    """The batch stored under ``idempotency_key``, if any.
+
+    :raises IdempotencyConflict: its body's digest is not ``digest``.
+    """
     if not idempotency_key:
         return None
     batch_id = session.scalar(select(Batch.id).where(Batch.idempotency_key == idempotency_key))
     if batch_id is None:
         return None
+    stored_digest = session.scalar(select(Batch.body_digest).where(Batch.id == batch_id))
+    if digest and stored_digest and stored_digest != digest:
+        raise IdempotencyConflict(idempotency_key, batch_id, stored_digest, digest)
     rows = session.execute(
         select(ServerRequest.id, ServerRequest.name)
         .where(ServerRequest.batch_id == batch_id)
@@ -72,8 +94,12 @@ def store_batch(
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Add the batch, one request per server and their first events to ``session``'s
-    transaction (the caller commits): one statement per table, ids made here."""
-    existing = _existing(session, idempotency_key)
+    transaction (the caller commits): one statement per table, ids made here.
+
+    :raises IdempotencyConflict: the key was used for a batch with another body.
+    """
+    digest = batch_digest(spec)
+    existing = _existing(session, idempotency_key, digest)
     if existing is not None:
         return existing
     servers = spec.expand()
@@ -87,6 +113,7 @@ def store_batch(
                 "name": spec.name,
                 "source": source,
                 "idempotency_key": idempotency_key,
+                "body_digest": digest,
                 "request_count": len(servers),
                 "dispatched_position": 0,
                 "created_at": now,
@@ -179,14 +206,17 @@ def submit(
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Store the batch in one transaction, then send ``bms.start_batch``: it runs the batch's
-    preflight and hands the dispatch of its requests on to ``bms.dispatch_batch``."""
+    preflight and hands the dispatch of its requests on to ``bms.dispatch_batch``.
+
+    :raises IdempotencyConflict: the key was used for a batch with another body.
+    """
     try:
         with session_scope(sessions) as session:
             submitted = store_batch(session, spec, source, idempotency_key)
     except IntegrityError:
         # Two submissions with one key raced: the other one won, return its batch.
         with session_scope(sessions) as session:
-            submitted = _existing(session, idempotency_key)
+            submitted = _existing(session, idempotency_key, batch_digest(spec))
         if submitted is None:
             raise
     if submitted.created:
@@ -216,9 +246,9 @@ def submit_batch(
     sender that passes a secret should also pass ``kwargsrepr`` so that Flower does not show it.
     Returns ``{"batch_id", "request_ids", "total", "created"}`` once the batch is stored (its
     chains are sent afterwards, by ``bms.dispatch_batch``), or ``{"errors": [[field,
-    message]]}`` when the batch does not validate (nothing is stored then). Without an
-    idempotency key the message's task id is the key: a redelivery of a message already stored
-    stores nothing.
+    message]]}`` when the batch does not validate (nothing is stored then), or when its
+    idempotency key was used for another body. Without an idempotency key the message's task id
+    is the key: a redelivery of a message already stored stores nothing.
     """
     fault_hooks.before_submit(batch)
     if notify is not None and isinstance(batch, dict):
@@ -226,9 +256,11 @@ def submit_batch(
     try:
         idempotency_key = check_idempotency_key(idempotency_key) or self.request.id
         spec = parse_batch(batch, runtime().settings.max_batch_servers)
+        submitted = submit(runtime().sessions, spec, BatchSource.TASK, idempotency_key)
     except SpecError as exc:
         return {"errors": [list(error) for error in exc.errors]}
-    submitted = submit(runtime().sessions, spec, BatchSource.TASK, idempotency_key)
+    except IdempotencyConflict as exc:
+        return {"errors": [["idempotency_key", str(exc)]]}
     fault_hooks.after_submit()
     return {
         "batch_id": str(submitted.batch_id),

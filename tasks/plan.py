@@ -28,6 +28,10 @@ STEP_OF_TASK: dict[str, Step] = {
     "bms.finalize": Step.FINALIZE,
     "bms.delete_server": Step.CREATE,
     "bms.poll_delete_job": Step.CREATE,
+    "bms.detach_volume": Step.TEARDOWN,
+    "bms.poll_detach_job": Step.TEARDOWN,
+    "bms.teardown_server": Step.TEARDOWN,
+    "bms.poll_teardown_job": Step.TEARDOWN,
 }
 
 
@@ -37,6 +41,8 @@ def next_task_name(request: ServerRequest) -> str | None:
         # A failed or cancelled server goes before anything else happens to the request.
         return "bms.poll_delete_job" if request.cleanup_job_id else "bms.delete_server"
     state = request.state
+    if state is S.TEARING_DOWN:
+        return _teardown_task(request)
     if state in (S.PENDING, S.CREATING) or (state is S.CANCELLED and request.create_intent_at):
         # A cancelled request whose create may be in the cloud looks for it (to delete it).
         return "bms.create_server"
@@ -70,6 +76,16 @@ def _attaching_task(request: ServerRequest) -> str | None:
             return "bms.poll_attach_job"
         return "bms.attach_volume"
     return None
+
+
+def _teardown_task(request: ServerRequest) -> str:
+    """Each volume detached (its job watched), then the server deleted (its job watched)."""
+    for attachment in request.attachments:
+        if attachment.state is AttachmentState.DETACHING and attachment.job_id:
+            return "bms.poll_detach_job"
+        if attachment.state in (AttachmentState.TO_DETACH, AttachmentState.DETACHING):
+            return "bms.detach_volume"
+    return "bms.poll_teardown_job" if request.teardown_job_id else "bms.teardown_server"
 
 
 def _tagging_task(request: ServerRequest) -> str:

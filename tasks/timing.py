@@ -15,12 +15,14 @@ POLL_DELAYS = {
     JobKind.CREATE: (5.0, 30.0),
     JobKind.ATTACH: (2.0, 10.0),
     JobKind.DELETE: (5.0, 30.0),
+    JobKind.DETACH: (2.0, 10.0),
 }
 #: kind -> seconds after which a job still running counts as failed.
 DEADLINES = {
     JobKind.CREATE: 45 * 60.0,
     JobKind.ATTACH: 10 * 60.0,
     JobKind.DELETE: 30 * 60.0,
+    JobKind.DETACH: 10 * 60.0,
 }
 POLL_GROWTH = 1.5
 CREATE_BACKOFF_BASE = 10.0

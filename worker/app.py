@@ -29,6 +29,7 @@ TASK_MODULES = [
     "tasks.attach",
     "tasks.finish",
     "tasks.cleanup",
+    "tasks.teardown",
     "tasks.control",
     "tasks.intake",
     "tasks.webhooks",

@@ -43,6 +43,10 @@ TASK_API_CLASSES = {
     "bms.finalize": "show",
     "bms.delete_server": "list",  # POST /baremetalservers/delete counts with the other v1 calls
     "bms.poll_delete_job": "job",
+    "bms.detach_volume": "detach",
+    "bms.poll_detach_job": "job",
+    "bms.teardown_server": "list",  # the same batch delete call as bms.delete_server
+    "bms.poll_teardown_job": "job",
 }
 
 #: Celery's ``task_routes``: senders that know only a task's name still reach the right queue.

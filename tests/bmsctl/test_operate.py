@@ -11,24 +11,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.app import create_app
-from bmsctl.processes import free_port
 from models import migrate
 from models.db import make_engine, make_session_factory, session_scope
 from models.records import Batch, ServerRequest, record_note, transition
 from models.states import RequestState, Step
-from tests.api.helpers import api_settings
 from tests.factories import VALID_SERVER, add_request
+from tests.fixtures.apiserver import serving_api
 
 BMSCTL = Path(sys.executable).with_name("bmsctl")
 S = RequestState
@@ -43,23 +39,13 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path, redis_url) -> Iterator[Api]:
-    """The REST API served by uvicorn in a thread, on a free loopback port."""
+    """The REST API over a migrated SQLite database, served on a free loopback port."""
     database_url = f"sqlite:///{tmp_path / 'cli.db'}"
     migrate.upgrade(database_url)
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
-    app = create_app(api_settings(database_url, redis_url), sessions)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            pytest.fail("the API did not start")
-        thread.join(0.05)
-    yield Api(f"http://127.0.0.1:{port}", sessions)
-    server.should_exit = True
-    thread.join(10)
+    with serving_api(database_url, redis_url, sessions) as url:
+        yield Api(url, sessions)
     engine.dispose()
 
 
@@ -261,3 +247,23 @@ def test_submit_sends_the_validated_batch_not_the_file(api, tmp_path):
     with session_scope(api.sessions) as session:
         [request] = session.query(ServerRequest).all()
         assert request.spec["create_body"]["user_data"] == "aGk="
+
+
+# -- teardown -------------------------------------------------------------------------------
+
+
+def test_teardown_says_what_it_started_and_what_it_left(api):
+    request = failed_request(api)  # FAILED at create: no server
+    with session_scope(api.sessions) as session:
+        active = add_request(session, S.ACTIVE, name="web")
+        active.batch_id, active.position, active.server_id = request.batch_id, 1, "srv-9"
+
+    result = bmsctl("teardown", str(request.batch_id), "--api", api.url)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"batch {request.batch_id}: tearing down 1 request(s)",
+        f"  skipped {request.id}: has no server",
+    ]
+    with session_scope(api.sessions) as session:
+        assert session.get(ServerRequest, active.id).state is S.TEARING_DOWN

@@ -38,9 +38,13 @@ def test_the_table_matches_the_design():
         (S.TAGGING, S.ACTIVE), (S.TAGGING, S.FAILED), (S.TAGGING, S.CANCELLED),
         (S.FAILED, S.CREATING), (S.FAILED, S.BUILDING), (S.FAILED, S.ATTACHING),
         (S.FAILED, S.TAGGING),
+        # Teardown: a request with a server, its own two states; a cancel stops it.
+        (S.ACTIVE, S.TEARING_DOWN), (S.FAILED, S.TEARING_DOWN), (S.CANCELLED, S.TEARING_DOWN),
+        (S.TEARING_DOWN, S.TORN_DOWN), (S.TEARING_DOWN, S.FAILED),
+        (S.TEARING_DOWN, S.CANCELLED),
     }  # fmt: skip
-    assert not ALLOWED_TRANSITIONS[S.ACTIVE] and not ALLOWED_TRANSITIONS[S.CANCELLED]
-    assert {S.ACTIVE, S.FAILED, S.CANCELLED} == TERMINAL_STATES
+    assert not ALLOWED_TRANSITIONS[S.TORN_DOWN]
+    assert {S.ACTIVE, S.FAILED, S.CANCELLED, S.TORN_DOWN} == TERMINAL_STATES
     assert set(RESUME_STATE.values()) <= ALLOWED_TRANSITIONS[S.FAILED]
 
 

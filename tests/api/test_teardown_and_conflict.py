@@ -1,0 +1,107 @@
+"""POST /v1/batches/{id}/teardown, and the 409 of an Idempotency-Key reused with another body.
+
+On the database alone: the teardown's chains wait in Redis (no worker here); the rows show
+which requests a teardown took and which it left, and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from models.canonical import batch_digest
+from models.db import session_scope
+from models.records import ServerRequest, transition
+from models.spec import parse_batch
+from models.states import RequestState
+from tests.api.helpers import fail, submit
+from tests.factories import batch, server
+
+
+def states(client, batch_id: str) -> list[str]:
+    return [r["state"] for r in client.get(f"/v1/batches/{batch_id}").json()["requests"]]
+
+
+def make_active(sessions, request_id: str, server_id: str) -> None:
+    with session_scope(sessions) as session:
+        request = session.get(ServerRequest, uuid.UUID(request_id))
+        for state in (RequestState.CREATING, RequestState.BUILDING, RequestState.TAGGING):
+            transition(session, request, state)
+        request.server_id = server_id
+        transition(session, request, RequestState.ACTIVE)
+
+
+def test_teardown_takes_the_requests_with_a_server_and_says_why_it_left_the_others(
+    client, database
+):
+    submitted = submit(client, "a", "b", "c")
+    ids = [r["id"] for r in submitted["requests"]]
+    make_active(database.sessions, ids[0], "srv-a")
+    fail(database.sessions, ids[1])  # failed at create: no server
+
+    response = client.post(f"/v1/batches/{submitted['batch_id']}/teardown")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "batch_id": submitted["batch_id"],
+        "tearing_down": [ids[0]],
+        "skipped": [
+            {"id": ids[1], "reason": "has no server"},
+            {"id": ids[2], "reason": "PENDING: cancel it first"},
+        ],
+    }
+    assert states(client, submitted["batch_id"]) == ["TEARING_DOWN", "FAILED", "PENDING"]
+    detail = client.get(f"/v1/requests/{ids[0]}").json()
+    assert detail["events"][-1]["detail"] == "teardown of server srv-a"
+    # Again: nothing is started twice.
+    again = client.post(f"/v1/batches/{submitted['batch_id']}/teardown").json()
+    assert again["tearing_down"] == []
+    assert again["skipped"][0] == {"id": ids[0], "reason": "already tearing down"}
+
+
+def test_teardown_of_an_unknown_batch_is_404(client):
+    response = client.post(f"/v1/batches/{uuid.uuid4()}/teardown")
+
+    assert response.status_code == 404
+
+
+def test_the_same_key_with_another_body_is_409_with_both_digests(client, row_counts):
+    first_body = batch(server(name="a"))
+    other_body = batch(server(name="a"), server(name="b"))
+    headers = {"Idempotency-Key": "rack-a-2026-11-27"}
+    first = client.post("/v1/batches", json=first_body, headers=headers)
+    before = row_counts()
+
+    response = client.post("/v1/batches", json=other_body, headers=headers)
+
+    assert response.status_code == 409
+    problem = response.json()
+    assert problem["batch_id"] == first.json()["batch_id"]
+    assert problem["stored_digest"] == batch_digest(parse_batch(first_body))
+    assert problem["submitted_digest"] == batch_digest(parse_batch(other_body))
+    assert problem["stored_digest"] in problem["detail"]
+    assert problem["submitted_digest"] in problem["detail"]
+    assert row_counts() == before
+
+
+def test_the_same_batch_written_another_way_is_a_replay(client):
+    # Defaults merged, keys in another order: the canonical body, and so the digest, are equal.
+    explicit = batch(server(name="a"), name="rack")
+    common = {k: v for k, v in server().items() if k != "name"}
+    with_defaults = {"servers": [{"name": "a"}], "defaults": common, "name": "rack"}
+    headers = {"Idempotency-Key": "same-batch"}
+
+    first = client.post("/v1/batches", json=explicit, headers=headers)
+    replay = client.post("/v1/batches", json=dict(reversed(with_defaults.items())), headers=headers)
+
+    assert (first.status_code, replay.status_code) == (202, 200)
+    assert replay.json()["batch_id"] == first.json()["batch_id"]
+
+
+def test_the_digest_is_sha256_of_the_sorted_canonical_body():
+    spec = parse_batch(batch(server(name="a")))
+    body = {"name": spec.name, "servers": [s.model_dump(mode="json", exclude_none=True)
+                                            for s in spec.servers]}  # fmt: skip
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    assert batch_digest(spec) == hashlib.sha256(text.encode()).hexdigest()
