@@ -1,7 +1,7 @@
 """Teardown end to end: real worker processes, real Redis, the simulator over HTTP.
 
-A batch is provisioned (one request FAILED at attach, its server kept), then torn down: no
-live server is left in the cloud and every volume is ``available`` again.
+A batch is provisioned, and another whose request FAILED at attach (its server kept), then all
+are torn down: no live server is left in the cloud and every volume is ``available`` again.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ def volume(n: int) -> str:
     return f"e5e5e5e5-0000-4000-8000-{n:012d}"
 
 
-MISSING_VOLUME = "e5e5e5e5-0000-4000-8000-999999999999"
-
-
 def batch() -> dict:
     return {
         "name": "to-tear-down",
@@ -38,8 +35,6 @@ def batch() -> dict:
             server(name="db", attach_volumes=[{"volume_id": volume(1)},
                                               {"volume_id": volume(2)}]),
             server(name="web", attach_volumes=[{"volume_id": volume(3)}]),
-            server(name="bad", attach_volumes=[{"volume_id": volume(4)},
-                                               {"volume_id": MISSING_VOLUME}]),
         ],
     }  # fmt: skip
 
@@ -50,15 +45,24 @@ def test_teardown_leaves_no_live_server_and_every_volume_available(stack_factory
     stack.start_worker("all", concurrency=4)
     submitted = stack.submit(batch())
     provisioned = stack.wait_until_finished(submitted.batch_id, timeout=180)
-    assert [r.state for r in provisioned] == [S.ACTIVE, S.ACTIVE, S.FAILED]
-    assert provisioned[2].failed_step is Step.ATTACH and provisioned[2].server_id  # a leftover
+    assert [r.state for r in provisioned] == [S.ACTIVE, S.ACTIVE]
+    # A leftover: every attach job fails, so this request is FAILED at attach with its server.
+    stack.simulator.control.set_faults(attach_fail_share=1.0)
+    leftover = stack.submit({"name": "leftover",
+                             "servers": [server(name="bad", attach_volumes=[
+                                 {"volume_id": volume(4)}])]})  # fmt: skip
+    [failed] = stack.wait_until_finished(leftover.batch_id, timeout=180)
+    assert failed.state is S.FAILED and failed.failed_step is Step.ATTACH and failed.server_id
+    stack.simulator.control.set_faults(attach_fail_share=0.0)
     volumes = {v["id"]: v for v in stack.simulator.control.volumes()}
-    assert {volumes[volume(n)]["status"] for n in (1, 2, 3, 4)} == {"in-use"}
+    assert {volumes[volume(n)]["status"] for n in (1, 2, 3)} == {"in-use"}
+    every_request = submitted.request_ids + leftover.request_ids
 
-    started = start_teardown(stack.sessions, submitted.request_ids)
+    started = start_teardown(stack.sessions, every_request)
 
-    assert started.started == submitted.request_ids
+    assert started.started == every_request
     torn = stack.wait_until_finished(submitted.batch_id, timeout=180)
+    torn += stack.wait_until_finished(leftover.batch_id, timeout=180)
     assert [r.state for r in torn] == [S.TORN_DOWN] * 3
     cloud = stack.simulator.control.servers()
     assert len(cloud) == 3  # one server per request was ever made
@@ -66,11 +70,10 @@ def test_teardown_leaves_no_live_server_and_every_volume_available(stack_factory
     volumes = {v["id"]: v for v in stack.simulator.control.volumes()}
     for n in (1, 2, 3, 4):
         assert volumes[volume(n)]["status"] == "available", volumes[volume(n)]
-    detached = [a.state for r in torn for a in r.attachments]
-    assert detached == [AttachmentState.DETACHED] * 5
+    assert [a.state for r in torn for a in r.attachments] == [AttachmentState.DETACHED] * 4
     detach_calls = stack.simulator.control.counters()["detach"]
-    # Four detaches, and one refused for the volume that never attached; no quota overrun.
-    assert (detach_calls["calls"], detach_calls["throttled"]) == (5, 0), detach_calls
+    # Three detaches, one refused for the volume whose attach failed; no quota overrun.
+    assert (detach_calls["calls"], detach_calls["throttled"]) == (4, 0), detach_calls
 
 
 def test_bmsctl_teardown_watch_follows_it_to_the_end(stack_factory):
