@@ -184,11 +184,15 @@ def run_teardown(args, client: ApiClient, console: Console) -> int:
 
 
 def teardown_progress(request_ids: list[str]) -> Progressor:
-    """Done: the requests this teardown started that are no longer TEARING_DOWN."""
-    wanted = set(request_ids)
+    """Done: the requests this teardown started, less those of the batch still TEARING_DOWN.
+
+    Read off the batch's counts, not its requests: the watch fetches one request per poll
+    (however large the batch), so a count of the started ones found in that page would never
+    reach the total. A request still TEARING_DOWN from an earlier teardown is waited for too.
+    """
+    total = len(set(request_ids))
 
     def progress(batch: dict) -> tuple[int, int]:
-        mine = [r for r in batch["requests"] if r["id"] in wanted]
-        return sum(r["state"] != "TEARING_DOWN" for r in mine), len(wanted)
+        return max(0, total - batch["counts"].get("TEARING_DOWN", 0)), total
 
     return progress

@@ -7,6 +7,7 @@ reach (a FAILED request, a batch named by an attacker before names were checked)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
+from bmsctl.apiclient import ApiClient
+from bmsctl.operate import teardown_progress
+from bmsctl.watching import watch
 from models import migrate
 from models.db import make_engine, make_session_factory, session_scope
 from models.records import Batch, ServerRequest, record_note, transition
@@ -267,3 +272,21 @@ def test_teardown_says_what_it_started_and_what_it_left(api):
     ]
     with session_scope(api.sessions) as session:
         assert session.get(ServerRequest, active.id).state is S.TEARING_DOWN
+
+
+def test_teardown_watch_ends_when_no_request_of_a_large_batch_is_tearing_down(api):
+    # The watch reads one request per poll: counting the started ones in that page never
+    # reached the total, and `teardown --watch` hung after every server was gone.
+    with session_scope(api.sessions) as session:
+        first = add_request(session, S.TORN_DOWN, name="a-1")
+        second = add_request(session, S.TORN_DOWN, name="a-2")
+        second.batch_id, second.position = first.batch_id, 1
+    started = [str(first.id), str(second.id)]
+    client = ApiClient(api.url)
+
+    final = watch(client, str(first.batch_id), Console(file=io.StringIO()), timeout=10,
+                  progress_of=teardown_progress(started))  # fmt: skip
+
+    assert [r["state"] for r in final["requests"]] == ["TORN_DOWN", "TORN_DOWN"]
+    halfway = {"counts": {"TEARING_DOWN": 1, "TORN_DOWN": 1}, "requests": []}
+    assert teardown_progress(started)(halfway) == (1, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from models import migrate
@@ -16,6 +17,12 @@ TABLES = set(Base.metadata.tables)
 
 def _tables(engine) -> set[str]:
     return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def test_the_revisions_have_exactly_one_head():
+    # Two heads (a revision rebased onto an old parent) make `upgrade head` refuse to run.
+    script = ScriptDirectory.from_config(migrate.alembic_config("sqlite://"))
+    assert len(script.get_heads()) == 1, script.get_heads()
 
 
 def test_upgrade_downgrade_upgrade_then_no_drift(database_url):

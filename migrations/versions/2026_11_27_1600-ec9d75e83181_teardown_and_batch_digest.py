@@ -1,7 +1,7 @@
 """teardown and batch digest
 
 Revision ID: ec9d75e83181
-Revises: 335c0d753d1c
+Revises: 93d4396ced5e
 Create Date: 2026-11-27 15:12:24.098843
 
 Only nullable columns and one counter with a server default of 0, so rows of running requests
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "ec9d75e83181"
-down_revision: str | None = "335c0d753d1c"
+down_revision: str | None = "93d4396ced5e"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
