@@ -18,8 +18,11 @@ from models.base import as_utc, utcnow
 from models.records import Batch, CloudJob, Event, ServerRequest
 from models.states import TERMINAL_STATES, RequestState
 
-#: The order of the stacked bar's segments: finished first, then the pipeline backwards.
+#: The order of the stacked bar's segments: finished first, then the pipeline backwards; a
+#: teardown's states (every state has its segment, so the bar always adds up to the total).
 BAR_ORDER = (
+    RequestState.TORN_DOWN,
+    RequestState.TEARING_DOWN,
     RequestState.ACTIVE,
     RequestState.FAILED,
     RequestState.CANCELLED,

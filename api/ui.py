@@ -3,7 +3,7 @@ small script of our own (``/ui/static/ui.js``, plain ``fetch``; nothing from a C
 
 Pages: the batches (``/ui``), one batch (``/ui/batches/{id}``), one request
 (``/ui/requests/{id}``). Each live region is a fragment route rendered by the same template
-part as the page. The buttons (cancel, retry, teardown when the API has it) call the REST routes
+part as the page. The buttons (cancel, retry, teardown) call the REST routes
 with the session cookie and the CSRF header. Auth is the API's token: a bearer header, or the
 cookie that ``/ui/login`` sets from it.
 """
@@ -197,13 +197,6 @@ def _quota(request: Request) -> dict:
 # -- one batch ---------------------------------------------------------------------------------
 
 
-def _teardown_available(request: Request) -> bool:
-    return any(
-        getattr(route, "path", "") == "/v1/batches/{batch_id}/teardown"
-        for route in request.app.routes
-    )
-
-
 def _batch_context(sessions, batch_id: uuid.UUID) -> dict:
     with session_scope(sessions) as session:
         view = dashboard.batch_view(session, batch_id)
@@ -241,7 +234,6 @@ def batch_page(
     return _render(
         request,
         "batch.html",
-        teardown=_teardown_available(request),
         states=list(RequestState),
         **context,
         **listing,

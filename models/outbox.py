@@ -1,11 +1,15 @@
-"""A request's final transition adds its ``request.finished`` webhook delivery, in the same
-transaction.
+"""A request's final transition adds its webhook delivery, in the same transaction.
 
 One place sees every transition: the ``Event`` row that :func:`models.records.transition`
-adds. A session listener looks at the events about to be flushed; for each one that enters a
-final state (ACTIVE, FAILED, CANCELLED) of a batch whose ``notify`` asked for request events,
-it adds a :class:`~models.webhooks.WebhookDelivery`. So the delivery exists exactly when the
-transition committed, whichever process made it, and no step carries a hook of its own.
+adds. A session listener looks at the events about to be flushed; for each one that ends a
+request's work, of a batch whose ``notify`` asked for request events, it adds a
+:class:`~models.webhooks.WebhookDelivery`. So the delivery exists exactly when the transition
+committed, whichever process made it, and no step carries a hook of its own.
+
+Which event: the end of provisioning (ACTIVE, FAILED or CANCELLED) is ``request.finished``;
+the end of a teardown (out of TEARING_DOWN: TORN_DOWN, or FAILED or CANCELLED) is
+``request.torn_down``. A teardown never sends a second ``request.finished`` for a request
+whose provisioning already ended.
 
 The ids of the new deliveries are left in ``session.info[NEW_DELIVERIES]``; the tasks layer
 (``tasks/webhooks.py``) sends their messages after the commit. Where it is not loaded, the
@@ -21,18 +25,22 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.records import Event, ServerRequest
-from models.states import TERMINAL_STATES
+from models.states import TERMINAL_STATES, RequestState
 from models.webhooks import WebhookDelivery, WebhookEvent, WebhookTarget
 
 #: ``session.info`` key: ids of deliveries added in the current transaction.
 NEW_DELIVERIES = "bms_new_webhook_deliveries"
 
 
-def request_payload(delivery_id: uuid.UUID, request: ServerRequest) -> dict:
-    """The body of a ``request.finished`` event: the request as it ends, no secret."""
+def request_payload(
+    delivery_id: uuid.UUID,
+    request: ServerRequest,
+    event: WebhookEvent = WebhookEvent.REQUEST_FINISHED,
+) -> dict:
+    """The body of a request event: the request as it ends, no secret."""
     return {
         "id": str(delivery_id),
-        "type": WebhookEvent.REQUEST_FINISHED.value,
+        "type": event.value,
         "created_at": utcnow().isoformat(),
         "batch_id": str(request.batch_id),
         "request": {
@@ -48,15 +56,19 @@ def request_payload(delivery_id: uuid.UUID, request: ServerRequest) -> dict:
     }
 
 
+def webhook_event(transition: Event) -> WebhookEvent | None:
+    """The request event a transition makes, if any."""
+    if transition.from_state is None or transition.from_state == transition.to_state:
+        return None
+    if transition.from_state == RequestState.TEARING_DOWN:
+        return WebhookEvent.REQUEST_TORN_DOWN
+    if transition.to_state in TERMINAL_STATES:
+        return WebhookEvent.REQUEST_FINISHED
+    return None
+
+
 def _finishing_events(session: Session) -> list[Event]:
-    return [
-        obj
-        for obj in session.new
-        if isinstance(obj, Event)
-        and obj.to_state in TERMINAL_STATES
-        and obj.from_state is not None
-        and obj.from_state != obj.to_state
-    ]
+    return [obj for obj in session.new if isinstance(obj, Event) and webhook_event(obj) is not None]
 
 
 @event.listens_for(Session, "before_flush")
@@ -75,15 +87,15 @@ def _add_request_deliveries(session: Session, _context, _instances) -> None:
             target = targets[request.batch_id]
             if target is None or not target.request_events:
                 continue
-            delivery_id = uuid.uuid4()
+            delivery_id, kind = uuid.uuid4(), webhook_event(finished)
             session.add(
                 WebhookDelivery(
                     id=delivery_id,
                     batch_id=request.batch_id,
                     request_id=request.id,
-                    event=WebhookEvent.REQUEST_FINISHED,
-                    dedupe_key=f"{WebhookEvent.REQUEST_FINISHED.value}:{delivery_id}",
-                    payload=request_payload(delivery_id, request),
+                    event=kind,
+                    dedupe_key=f"{kind.value}:{delivery_id}",
+                    payload=request_payload(delivery_id, request, kind),
                     next_attempt_at=utcnow(),
                 )
             )

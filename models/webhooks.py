@@ -27,13 +27,15 @@ class DeliveryState(enum.StrEnum):
 class WebhookEvent(enum.StrEnum):
     BATCH_COMPLETED = "batch.completed"
     REQUEST_FINISHED = "request.finished"
+    #: A request's teardown ended (TORN_DOWN, or FAILED or CANCELLED out of TEARING_DOWN).
+    REQUEST_TORN_DOWN = "request.torn_down"
 
 
-def _enum(enum_class: type[enum.Enum]) -> Enum:
+def _enum(enum_class: type[enum.Enum], length: int = 16) -> Enum:
     return Enum(
         enum_class,
         native_enum=False,
-        length=16,
+        length=length,
         values_callable=lambda members: [m.value for m in members],
     )
 
@@ -68,7 +70,7 @@ class WebhookDelivery(Timestamped, Base):
     id: Mapped[uuid_pk]
     batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id"))
     request_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("server_requests.id"))
-    event: Mapped[WebhookEvent] = mapped_column(_enum(WebhookEvent))
+    event: Mapped[WebhookEvent] = mapped_column(_enum(WebhookEvent, 32))
     #: One delivery per event, whoever notices it first: ``<event>:<batch or request>:<n>``.
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     #: The event's JSON body (no secret in it).

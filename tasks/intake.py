@@ -73,10 +73,12 @@ def _existing(
     """
     if not idempotency_key:
         return None
-    batch_id = session.scalar(select(Batch.id).where(Batch.idempotency_key == idempotency_key))
-    if batch_id is None:
+    found = session.execute(
+        select(Batch.id, Batch.body_digest).where(Batch.idempotency_key == idempotency_key)
+    ).first()
+    if found is None:
         return None
-    stored_digest = session.scalar(select(Batch.body_digest).where(Batch.id == batch_id))
+    batch_id, stored_digest = found
     if digest and stored_digest and stored_digest != digest:
         raise IdempotencyConflict(idempotency_key, batch_id, stored_digest, digest)
     rows = session.execute(

@@ -8,7 +8,9 @@ database.
 
 - ``bms.webhook_scan`` (beat): a batch with a ``notify`` whose requests have all settled gets
   its ``batch.completed`` delivery (once per completion: a retried batch completes again), and
-  any delivery that is due but whose message was lost is sent again.
+  any delivery that is due but whose message was lost is sent again. ``batch.completed`` is
+  about provisioning: a teardown neither holds it back nor makes a new one (its requests each
+  send ``request.torn_down``, see ``models/outbox.py``).
 - ``bms.deliver_webhook``: one attempt. It first takes a lease on the row (one conditional
   UPDATE), so a duplicate message never POSTs twice; a 2xx marks the delivery DELIVERED; any
   other answer, or none, schedules the next attempt with exponential back-off (capped at ten
@@ -80,11 +82,15 @@ def encode(payload: dict) -> bytes:
 # -- settling: which batches are done -----------------------------------------------------------
 
 
+#: Requests still being provisioned (a teardown is not: see the module's docstring).
+PROVISIONING_STATES = IN_FLIGHT_STATES - {RequestState.TEARING_DOWN}
+
+
 def unsettled():
-    """A request the orchestrator is not done with: not final, a server left to delete, or a
-    cancelled create still in the cloud."""
+    """A request whose provisioning is not done: not final, a server left to delete, or a
+    cancelled create still in the cloud. A teardown under way does not count."""
     return or_(
-        ServerRequest.state.in_(IN_FLIGHT_STATES),
+        ServerRequest.state.in_(sorted(PROVISIONING_STATES)),
         ServerRequest.cleanup_server_id.is_not(None),
         and_(ServerRequest.state == RequestState.CANCELLED, ServerRequest.job_id.is_not(None)),
     )
@@ -156,7 +162,9 @@ def complete_batch(session: Session, batch_id: uuid.UUID) -> uuid.UUID | None:
 
 def reopen_retried(session: Session) -> int:
     """Targets closed while their batch runs again (an operator's retry): open them."""
-    running = select(ServerRequest.batch_id).where(ServerRequest.state.in_(IN_FLIGHT_STATES))
+    running = select(ServerRequest.batch_id).where(
+        ServerRequest.state.in_(sorted(PROVISIONING_STATES))
+    )
     result = session.execute(
         update(WebhookTarget)
         .where(WebhookTarget.open.is_(False), WebhookTarget.batch_id.in_(running))

@@ -43,6 +43,10 @@
   function describe(data) {
     if (data && Array.isArray(data.cancelled)) return data.cancelled.length + " request(s) cancelled";
     if (data && Array.isArray(data.retried)) return data.retried.length + " request(s) retried";
+    if (data && Array.isArray(data.tearing_down)) {
+      var skipped = Array.isArray(data.skipped) ? data.skipped.length : 0;
+      return data.tearing_down.length + " request(s) tearing down, " + skipped + " skipped";
+    }
     if (data && typeof data.detail === "string") return data.detail;
     return "done";
   }

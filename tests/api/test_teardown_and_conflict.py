@@ -10,12 +10,15 @@ import hashlib
 import json
 import uuid
 
+from api.dashboard import BAR_ORDER
+from api.session import CSRF_HEADER, csrf_value
 from models.canonical import batch_digest
 from models.db import session_scope
 from models.records import ServerRequest, transition
 from models.spec import parse_batch
 from models.states import RequestState
-from tests.api.helpers import fail, submit
+from tests.api.helpers import TOKEN, fail, submit
+from tests.api.test_ui import log_in
 from tests.factories import batch, server
 
 
@@ -105,3 +108,44 @@ def test_the_digest_is_sha256_of_the_sorted_canonical_body():
                                             for s in spec.servers]}  # fmt: skip
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     assert batch_digest(spec) == hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- the dashboard and /metrics ---------------------------------------------------------------
+
+
+def test_the_dashboard_button_posts_to_the_teardown_route_and_its_states_render(
+    make_client, database
+):
+    ui = make_client(api_token=TOKEN)
+    api = ui.__class__(ui.app, headers={"Authorization": f"Bearer {TOKEN}"})
+    submitted = submit(api, "a", "b")
+    ids = [r["id"] for r in submitted["requests"]]
+    for request_id, server_id in zip(ids, ("srv-a", "srv-b"), strict=True):
+        make_active(database.sessions, request_id, server_id)
+    log_in(ui)
+    page = ui.get(f"/ui/batches/{submitted['batch_id']}")
+    route = f"/v1/batches/{submitted['batch_id']}/teardown"
+    assert f'id="teardown" class="danger" data-action="{route}"' in page.text
+
+    # What the button's click sends: a POST with the session cookie and the CSRF header.
+    answer = ui.post(route, headers={CSRF_HEADER: csrf_value(TOKEN)})
+    assert answer.status_code == 200 and len(answer.json()["tearing_down"]) == 2
+    with session_scope(database.sessions) as session:
+        transition(session, session.get(ServerRequest, uuid.UUID(ids[0])), RequestState.TORN_DOWN)
+
+    live = ui.get(f"/ui/batches/{submitted['batch_id']}/live").text
+    assert 'class="seg s-torn_down"' in live and 'class="seg s-tearing_down"' in live
+    assert 'aria-valuenow="50"' in live  # TORN_DOWN is settled, TEARING_DOWN is not
+    rows = ui.get(f"/ui/batches/{submitted['batch_id']}/requests?state=TEARING_DOWN").text
+    assert rows.count("data-request=") == 1 and "TEARING_DOWN" in rows
+    css = ui.get("/ui/static/ui.css").text
+    assert ".s-tearing_down {" in css and ".s-torn_down {" in css
+    assert "data.tearing_down" in ui.get("/ui/static/ui.js").text  # the flash says what started
+
+    metrics = api.get("/metrics").text
+    assert 'bms_requests{state="TEARING_DOWN"} 1.0' in metrics
+    assert 'bms_requests{state="TORN_DOWN"} 1.0' in metrics
+
+
+def test_the_bar_has_a_segment_for_every_state():
+    assert sorted(BAR_ORDER) == sorted(RequestState)

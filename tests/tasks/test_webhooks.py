@@ -126,6 +126,61 @@ def test_a_batch_completes_once_and_again_after_a_retry(sessions):
     assert keys == [f"batch.completed:{batch_id}:1", f"batch.completed:{batch_id}:2"]
 
 
+PROVISIONED = (S.CREATING, S.BUILDING, S.TAGGING, S.ACTIVE)
+
+
+def test_a_teardown_sends_request_torn_down_never_a_second_request_finished(sessions):
+    with sessions() as session:
+        request = add_request(session)
+        with_target(session, request, request_events=True)
+    finish(sessions, request.id, *PROVISIONED)
+
+    finish(sessions, request.id, S.TEARING_DOWN)  # started: no event
+    assert [d.event for d in all_deliveries(sessions)] == [WebhookEvent.REQUEST_FINISHED]
+    finish(sessions, request.id, S.FAILED)  # the cloud refused the delete
+    finish(sessions, request.id, S.TEARING_DOWN, S.TORN_DOWN)  # taken again, done
+
+    deliveries = all_deliveries(sessions)
+    assert [(d.event, d.payload["request"]["state"]) for d in deliveries] == [
+        (WebhookEvent.REQUEST_FINISHED, "ACTIVE"),
+        (WebhookEvent.REQUEST_TORN_DOWN, "FAILED"),
+        (WebhookEvent.REQUEST_TORN_DOWN, "TORN_DOWN"),
+    ]
+    assert deliveries[-1].payload["type"] == "request.torn_down"
+
+
+def test_a_teardown_neither_reopens_nor_completes_the_batch_again(sessions):
+    with sessions() as session:
+        request = add_request(session)
+        with_target(session, request)
+    finish(sessions, request.id, *PROVISIONED)
+    with sessions() as session:
+        assert webhooks.complete_batch(session, request.batch_id) is not None
+        session.commit()
+
+    for state in (S.TEARING_DOWN, S.TORN_DOWN):
+        finish(sessions, request.id, state)
+        with sessions() as session:
+            assert webhooks.reopen_retried(session) == 0
+            assert webhooks.complete_batch(session, request.batch_id) is None
+            session.commit()
+
+    assert [d.event for d in all_deliveries(sessions)] == [WebhookEvent.BATCH_COMPLETED]
+
+
+def test_a_teardown_under_way_does_not_hold_back_the_first_completion(sessions):
+    with sessions() as session:
+        request = add_request(session)
+        with_target(session, request)
+    finish(sessions, request.id, *PROVISIONED, S.TEARING_DOWN)  # before the scan came by
+
+    with sessions() as session:
+        assert webhooks.complete_batch(session, request.batch_id) is not None
+        session.commit()
+    [delivery] = all_deliveries(sessions)
+    assert delivery.payload["batch"]["counts"]["TEARING_DOWN"] == 1
+
+
 def pending_delivery(sessions, url: str, secret: str | None = None, age=timedelta(0)):
     with sessions() as session:
         request = add_request(session, S.ACTIVE)
