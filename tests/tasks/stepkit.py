@@ -88,6 +88,9 @@ class StubClient:
     def attach_volume(self, server_id, volume_id, device=None):
         return self.answer("attach_volume", server_id, volume_id, device)
 
+    def detach_volume(self, server_id, volume_id):
+        return self.answer("detach_volume", server_id, volume_id)
+
     def list_volume_attachments(self, server_id):
         return self.answer("list_volume_attachments", server_id)
 
