@@ -120,13 +120,16 @@ class EmbeddedStack:
             self.stop()
             raise
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Stop every child (last started first); returns how many there were."""
+        stopped = len(self.children)
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
         if self.lock.held:
             (self.options.directory / STATE_FILE).unlink(missing_ok=True)
             self.lock.release()
+        return stopped
 
     def dead_children(self) -> list[ManagedProcess]:
         return [child for child in self.children if not child.alive()]

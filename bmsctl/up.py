@@ -3,6 +3,7 @@ SIGHUP (a closed terminal); a child that dies is restarted (``bmsctl.supervise``
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -62,8 +63,19 @@ def run(args) -> int:
                     print(f"bmsctl up: giving up: {reason}", file=sys.stderr)
                     return 1
         finally:
-            stack.stop()
+            stopped = stack.stop()
+            # The last line: what stopped, and that nothing was deleted. A closed terminal
+            # (SIGHUP) may not take it: that must not turn a clean stop into a traceback.
+            with contextlib.suppress(OSError):
+                print(f"bmsctl up: {closing_line(stack, stopped)}", flush=True)
     return 0
+
+
+def closing_line(stack: EmbeddedStack, stopped: int) -> str:
+    """``stack stopped: N children stopped, data kept in var/ and <database>``."""
+    database = stack.addresses.get("database") or stack.settings.redacted_database_url
+    directory = f"{stack.options.directory}/"
+    return f"stack stopped: {stopped} children stopped, data kept in {directory} and {database}"
 
 
 def addresses_table(stack: EmbeddedStack) -> Table:

@@ -244,7 +244,9 @@ def test_sighup_stops_every_child_and_settings_are_honoured(tmp_path, redis_url)
         assert up.state["addresses"]["redis"] == redis_url
         assert "redis" not in up.pids()  # the given Redis is used, none is started
     finally:
-        up.stop(signal.SIGHUP)
+        children = len(up.pids())
+        output = up.stop(signal.SIGHUP)
+    assert f"bmsctl up: stack stopped: {children} children stopped" in output
 
 
 def test_a_second_up_in_the_same_directory_refuses_and_leaves_the_first_intact(running_stack):
@@ -297,7 +299,13 @@ def test_a_restarted_stack_keeps_the_simulated_cloud(tmp_path):
     try:
         view = submit_and_watch(tmp_path)
     finally:
-        first.stop()
+        children = len(first.pids())
+        closing = first.stop(signal.SIGINT)  # Ctrl-C
+    # The last line says what stopped and where the data stays.
+    assert closing.splitlines()[-1] == (
+        f"bmsctl up: stack stopped: {children} children stopped, "
+        f"data kept in var/ and sqlite:///{tmp_path / 'up.db'}"
+    )
     server_ids = {row["server_id"] for row in view["requests"]}
     assert len(server_ids) == 10
 
