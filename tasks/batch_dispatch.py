@@ -14,8 +14,11 @@ create class admits now. It reads the class's capacity (one Redis call, no SQL: 
 finds none re-sends itself for the instant the next slot frees), then *reserves* the slots
 (:meth:`~worker.limiter.GlobalLimiter.reserve`) and hands one to each create it sends (the
 message's ``slot``), so the create never competes for quota with other callers; a slot not
-used (a request cancelled meanwhile) is given back. Several batches feed side by side: the
-reservation is atomic, so each slot goes to exactly one of them.
+used (a request cancelled meanwhile) is given back. It also books the slots that free within
+``BMS_FEED_AHEAD_SECONDS`` and sends their creates with a countdown to the slot's instant: a
+slot does not idle while the feeder's next run waits in the control queue for a worker.
+Several batches feed side by side: the reservation is atomic, so each slot goes to exactly one
+of them.
 
 The watermark is moved by compare-and-set *before* the chains are sent: of two runs that expect
 the same watermark (a redelivery, a resume racing a waiting run), one moves it and sends the
@@ -38,12 +41,14 @@ request costs.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from celery import shared_task
+from celery.canvas import Signature
 from kombu.exceptions import OperationalError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +57,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.records import Batch, ServerRequest
 from models.states import RequestState
-from tasks.control import take_over
+from tasks.plan import next_signature
 from worker import fault_hooks
 from worker.app import MAX_COUNTDOWN_SECONDS, app
 from worker.limiter import GlobalLimiter
@@ -105,9 +110,11 @@ def feed(
     batch_id: uuid.UUID,
     position: int | None,
     size: int,
+    ahead: float = 0.0,
 ) -> Feed | None:
-    """One feeder run: the next chunk if the create class has room now, else nothing but the
-    time to come back. ``None``: nothing left to feed, or another run owns the batch."""
+    """One feeder run: the next chunk if the create class has room now or within ``ahead``
+    seconds, else nothing but the time to come back. ``None``: nothing left to feed, or
+    another run owns the batch."""
     if limiter is None:  # no quota to wait for (tests): whole chunks
         return dispatch_chunk(sessions, batch_id, position, size)
     if position is None:  # a resume: expect the watermark as it is now
@@ -115,9 +122,11 @@ def feed(
         if position is None:
             return None
     room = limiter.capacity(CREATE_CLASS)
-    if not room.free:
-        return Feed(position, room.wait_seconds)  # one Redis call, not a single SQL statement
-    return dispatch_chunk(sessions, batch_id, position, min(size, room.free), limiter, rows=size)
+    if not room.free and room.wait_seconds > ahead:
+        # One Redis call, not a single SQL statement; back when a slot can be booked.
+        return Feed(position, room.wait_seconds - ahead)
+    most = min(size, room.limit)  # booked ahead: at most a window's worth
+    return dispatch_chunk(sessions, batch_id, position, most, limiter, rows=size, ahead=ahead)
 
 
 def dispatch_chunk(
@@ -127,10 +136,12 @@ def dispatch_chunk(
     size: int,
     limiter: GlobalLimiter | None = None,
     rows: int | None = None,
+    ahead: float = 0.0,
 ) -> Feed | None:
     """Send the chains of the batch's next requests, at most ``size`` create calls (with a
-    ``limiter``: as many as it grants, each create carrying its slot), looking at most ``rows``
-    requests ahead, and move the watermark past them, before sending.
+    ``limiter``: as many as it grants now or within ``ahead`` seconds, each create carrying its
+    slot and sent with a countdown to the slot's instant), looking at most ``rows`` requests
+    ahead, and move the watermark past them, before sending.
 
     ``position`` is the watermark the caller expects; another one means another run has moved
     on, and this one stops. Returns what the next run expects when requests are left.
@@ -146,7 +157,7 @@ def dispatch_chunk(
             return None
         chunk = list(_chunk(session, batch_id, start, min(start + (rows or size), total)))
     chunk = _within(chunk, size)
-    slots, wait = _reserve(limiter, chunk)
+    slots, wait = _reserve(limiter, chunk, ahead)
     chunk = _within(chunk, len(slots)) if limiter is not None else chunk
     end = chunk[-1].position + 1 if chunk else start
     if end == start:
@@ -189,17 +200,25 @@ def _within(chunk: Sequence, calls: int) -> list:
     return kept
 
 
-def _reserve(limiter: GlobalLimiter | None, chunk: Sequence) -> tuple[list[int], float]:
+def _reserve(
+    limiter: GlobalLimiter | None, chunk: Sequence, ahead: float
+) -> tuple[list[tuple[int, float]], float]:
+    """The slots booked for the chunk's creates, as ``(entry, its instant, epoch seconds)``, and
+    when the next run should come (when the slot after them can be booked)."""
     wanted = sum(create_calls(chunk))
     if limiter is None or not wanted:
         return [], 0.0
-    reservation = limiter.reserve(CREATE_CLASS, wanted)
-    return reservation.entries, reservation.wait_seconds
+    booked = limiter.reserve(CREATE_CLASS, wanted, ahead)
+    # Instants, not countdowns: the chunk's transaction runs before the sends, and a countdown
+    # counted from the send would leave each slot idle that long.
+    booked_at = time.time()
+    instants = [booked_at + delay for delay in booked.delays]
+    return list(zip(booked.entries, instants, strict=True)), max(booked.wait_seconds - ahead, 0.0)
 
 
-def _release(limiter: GlobalLimiter | None, slots: list[int]) -> None:
+def _release(limiter: GlobalLimiter | None, slots: list[tuple[int, float]]) -> None:
     if limiter is not None and slots:
-        limiter.release(CREATE_CLASS, slots)
+        limiter.release(CREATE_CLASS, [entry for entry, _delay in slots])
 
 
 def _move(sessions: sessionmaker[Session], batch_id: uuid.UUID, start: int, end: int) -> bool:
@@ -214,29 +233,54 @@ def _move(sessions: sessionmaker[Session], batch_id: uuid.UUID, start: int, end:
         )
 
 
-def _send_chunk(sessions: sessionmaker[Session], chunk: Sequence, slots: list[int], limiter) -> int:
+def _send_chunk(
+    sessions: sessionmaker[Session], chunk: Sequence, slots: list[tuple[int, float]], limiter
+) -> int:
     """Start the chain of each request that makes a create call, with its slot; returns the
     position up to which all were sent (the chunk's end, or the first one the broker did not
-    take)."""
+    take). The tokens of the whole chunk are advanced in one transaction."""
     slots = list(slots)
-    for row, cost in zip(chunk, create_calls(chunk), strict=True):
-        if not cost:
-            continue
+    starts = [row for row, cost in zip(chunk, create_calls(chunk), strict=True) if cost]
+    signatures = _take_over_all(sessions, [row.id for row in starts])
+    for row in starts:
         slot = slots.pop(0) if slots else None
-        with session_scope(sessions) as session:
-            signature = take_over(session, row.id)
+        signature = signatures.get(row.id)
+        options = {}
         if signature is not None and slot is not None and signature.task == "bms.create_server":
-            signature.kwargs["slot"], slot = slot, None
+            (signature.kwargs["slot"], instant), slot = slot, None
+            options = {"eta": datetime.fromtimestamp(instant, UTC)} if instant > time.time() else {}
         _release(limiter, [slot] if slot is not None else [])  # cancelled since it was read
         if signature is None:
             continue
         try:
-            signature.apply_async()
+            signature.apply_async(**options)
         except OperationalError as exc:
             log.warning("broker unreachable (%s)", exc)
             _release(limiter, slots)
             return row.position
     return chunk[-1].position + 1 if chunk else 0
+
+
+def _take_over_all(
+    sessions: sessionmaker[Session], request_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Signature]:
+    """Advance the tokens of the requests still PENDING (one UPDATE) and name each one's first
+    step; a request cancelled since the chunk was read gets none."""
+    if not request_ids:
+        return {}
+    with session_scope(sessions) as session:
+        session.execute(
+            update(ServerRequest)
+            .where(ServerRequest.id.in_(request_ids), ServerRequest.state == RequestState.PENDING)
+            .values(fence=ServerRequest.fence + 1)
+            .execution_options(synchronize_session=False)
+        )
+        requests = session.scalars(
+            select(ServerRequest).where(
+                ServerRequest.id.in_(request_ids), ServerRequest.state == RequestState.PENDING
+            )
+        )
+        return {request.id: next_signature(request) for request in requests}
 
 
 def _watermark(sessions: sessionmaker[Session], batch_id: uuid.UUID) -> int | None:
@@ -280,6 +324,7 @@ def dispatch_batch(batch_id: str, position: int | None = None) -> int | None:
         uuid.UUID(batch_id),
         position,
         current.settings.dispatch_chunk,
+        current.settings.feed_ahead_seconds,
     )
     fault_hooks.after_dispatch_chunk()
     if following is None:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
-from celery.canvas import Signature
 from kombu.exceptions import OperationalError
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -73,12 +72,6 @@ def dispatch(
             break
         sent += 1
     return sent
-
-
-def take_over(session: Session, request_id: uuid.UUID) -> Signature | None:
-    """Advance the request's token (in SQL, atomically) and name the step that starts its
-    chain; the caller sends it after the commit (``None``: gone, or nothing to do)."""
-    return _restart(session, request_id, None, None)
 
 
 def _restart(session: Session, request_id: uuid.UUID, idle_before, max_restarts):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from limits import RateLimitItem
@@ -33,56 +33,98 @@ DEFAULT_BACKOFF_SECONDS = 5.0
 #: Share of each window added as a margin (and at least this many milliseconds).
 DEFAULT_MARGIN = 0.01
 MIN_MARGIN_MS = 10
+#: An entry in flight (unanswered, or booked and not used yet) keeps its slot this much longer
+#: than a window (at least): a booked create that runs late still finds its slot.
+GRACE_MIN_MS = 5000
 
 _NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: the window (a sorted set of call times), the back-off flag, a sequence.
-# ARGV: limit, window in ms, margin in ms.
+# Entries leave the window a span after their stamp once answered (their stamp is final). An
+# entry still in flight (its answer to come, or a booked call not made yet) stays a grace
+# longer: its answer may still restamp it, and a booked call that runs late keeps its slot.
+_TRIM = """
+local function trim(window, answered, span, grace)
+  local old = redis.call('ZRANGEBYSCORE', window, '-inf', now - span, 'WITHSCORES')
+  for i = 1, #old, 2 do
+    if redis.call('ZSCORE', answered, old[i]) or tonumber(old[i + 1]) <= now - span - grace then
+      redis.call('ZREM', window, old[i])
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', answered, '-inf', now - span)
+end
+local function keep(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+"""
+
+# KEYS: the window (a sorted set of call times), the back-off flag, a sequence, the window's
+# answered entries. ARGV: limit, window in ms, margin in ms, grace in ms.
 # Returns {0, entry} when admitted, {ms to wait} when not.
 _ACQUIRE = (
     _NOW_MS
+    + _TRIM
     + """
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return {pause} end
-local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local span, grace = tonumber(ARGV[2]) + tonumber(ARGV[3]), tonumber(ARGV[4])
+trim(KEYS[1], KEYS[4], span, grace)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   local entry = redis.call('INCR', KEYS[3])
   redis.call('ZADD', KEYS[1], now, entry)
-  redis.call('PEXPIRE', KEYS[1], span)
+  keep(KEYS[1], span + grace)
   return {0, entry}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {math.max(tonumber(oldest[2]) + span - now, 1)}
+local wait = tonumber(oldest[2]) + span - now
+if wait <= 0 then wait = math.max(math.floor(tonumber(ARGV[2]) / tonumber(ARGV[1])), 1) end
+return {wait}
 """
 )
 
-# KEYS: the window, the back-off flag, a sequence. ARGV: limit, window in ms, margin in ms, how
-# many entries are wanted. Takes as many as the window holds (at most that many).
-# Returns {ms to wait for the next free slot (0: free ones are left), entry, entry, ...}.
+# KEYS: the window, the back-off flag, a sequence, the window's answered entries. ARGV: limit,
+# window in ms, margin in ms, how many entries are wanted, how far ahead in ms a slot may be
+# booked, the ms to come back after when calls in flight block a booking, grace in ms.
+# Books up to that many slots, each at the earliest instant the window allows, none later than
+# now + ahead. A call in flight is stamped again when answered, later, anywhere in the window:
+# so only answered entries (final stamps) may say when a slot frees, and each entry in flight
+# (the bookings too) holds a slot until then. A booking at T is safe when the answered entries
+# later than T - span, plus those in flight, plus itself, are at most the limit.
+# Returns {ms until the next slot frees (0: one is free now; blocked by calls in flight: ahead
+# plus the ms to come back after), entry, ms until its instant, entry, ms, ...}.
 _RESERVE = (
     _NOW_MS
+    + _TRIM
     + """
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return {pause} end
-local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
-local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
-local taken = math.max(math.min(free, tonumber(ARGV[4])), 0)
-local answer = {0}
-for i = 1, taken do
+local limit, span = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[3])
+local want, ahead = tonumber(ARGV[4]), tonumber(ARGV[5])
+trim(KEYS[1], KEYS[4], span, tonumber(ARGV[7]))
+local answer, taken, last = {0}, 0, now
+while true do
+  local answered = redis.call('ZCARD', KEYS[4])
+  local room = limit - (redis.call('ZCARD', KEYS[1]) - answered)
+  local at = now
+  if room <= 0 then
+    at = -1
+  elseif answered >= room then
+    local nth = redis.call('ZREVRANGE', KEYS[4], room - 1, room - 1, 'WITHSCORES')
+    at = math.max(tonumber(nth[2]) + span, now)
+  end
+  if taken >= want or at < 0 or at > now + ahead then
+    if at < 0 then answer[1] = ahead + tonumber(ARGV[6]) else answer[1] = at - now end
+    break
+  end
   local entry = redis.call('INCR', KEYS[3])
-  redis.call('ZADD', KEYS[1], now, entry)
-  answer[i + 1] = entry
+  redis.call('ZADD', KEYS[1], at, entry)
+  answer[#answer + 1] = entry
+  answer[#answer + 1] = at - now
+  taken, last = taken + 1, at
 end
-if taken > 0 then redis.call('PEXPIRE', KEYS[1], span) end
-if free - taken <= 0 then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  answer[1] = math.max(tonumber(oldest[2]) + span - now, 1)
-end
+if taken > 0 then keep(KEYS[1], last - now + span + tonumber(ARGV[7])) end
 return answer
 """
 )
@@ -100,36 +142,41 @@ if pause > 0 then
   return {pause}
 end
 local stamp = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not stamp or tonumber(stamp) <= now - tonumber(ARGV[2]) then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return {-1}
-end
+if not stamp then return {-1} end
 if tonumber(stamp) < now then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1]) end
 return {0}
 """
 )
 
 # KEYS: the window, the back-off flag. ARGV: limit, window + margin in ms. Read-only.
-# Returns {calls in the window, ms until the oldest leaves it (0: empty), ms of 429 pause}.
+# Returns {calls in the window (booked ones included), ms until a slot frees (0: one is free),
+# ms of 429 pause}.
 _CAPACITY = (
     _NOW_MS
     + """
 local span = tonumber(ARGV[2])
 local used = redis.call('ZCOUNT', KEYS[1], '(' .. (now - span), '+inf')
-local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - span), '+inf',
-                          'WITHSCORES', 'LIMIT', 0, 1)
 local frees = 0
-if oldest[2] then frees = math.max(tonumber(oldest[2]) + span - now, 1) end
+if used >= tonumber(ARGV[1]) then
+  -- Booked slots may lie ahead: a slot frees when the limit-th newest entry leaves.
+  local nth = redis.call('ZREVRANGE', KEYS[1], ARGV[1] - 1, ARGV[1] - 1, 'WITHSCORES')
+  frees = math.max(tonumber(nth[2]) + span - now, 1)
+end
 return {used, frees, math.max(redis.call('PTTL', KEYS[2]), 0)}
 """
 )
 
-# KEYS: the window. ARGV: the entry, window + margin in ms. Stamps the entry with now.
+# KEYS: the window, its answered entries. ARGV: the entry, ms both keys must last. Stamps the
+# entry with now, and counts it answered (its stamp is final).
 _COMPLETE = (
     _NOW_MS
     + """
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[1]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+  for _, key in ipairs(KEYS) do
+    if redis.call('PTTL', key) < tonumber(ARGV[2]) then redis.call('PEXPIRE', key, ARGV[2]) end
+  end
 end
 return 0
 """
@@ -159,12 +206,14 @@ class Capacity:
 
 @dataclass(frozen=True)
 class Reservation:
-    """Entries taken in a class's window for calls to be made later (each by one task), and
-    the seconds until the next slot frees once they are taken (0: free slots are left)."""
+    """Entries booked in a class's window for calls to be made later (each by one task), the
+    seconds until each one's instant (0: now), and the seconds until the next slot after them
+    frees (0: free slots are left)."""
 
     api_class: str
     entries: list[int]
     wait_seconds: float
+    delays: list[float] = field(default_factory=list)
 
 
 class NoCapacity(Exception):
@@ -208,12 +257,7 @@ class GlobalLimiter:
         held = self._held.get()
         if held and api_class in held:
             return self._completion(api_class, held.pop(api_class))
-        limit, window_ms, margin_ms = self._windows[api_class]
-        keys = [_window_key(api_class), _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
-        answer = self._acquire(keys=keys, args=[limit, window_ms, margin_ms])
-        if answer[0]:
-            raise self._denied(api_class, int(answer[0]) / 1000)
-        return self._completion(api_class, int(answer[1]))
+        return self._completion(api_class, self._take(api_class))
 
     def capacity(self, api_class: str) -> Capacity:
         """What ``api_class`` can admit now, read without taking anything (one round trip)."""
@@ -224,19 +268,30 @@ class GlobalLimiter:
         wait_ms = pause_ms or (0 if free else int(frees_ms))
         return Capacity(free, limit, wait_ms / 1000, window_ms / 1000)
 
-    def reserve(self, api_class: str, count: int) -> Reservation:
-        """Take up to ``count`` slots of ``api_class`` now, for calls that tasks make later:
-        each task gets one entry and spends it through :meth:`hold`. An entry nobody spends
-        is given back with :meth:`release` (or leaves the window by itself)."""
+    def reserve(self, api_class: str, count: int, ahead: float = 0.0) -> Reservation:
+        """Book up to ``count`` slots of ``api_class`` for calls that tasks make later: free
+        ones, and with ``ahead`` those that free within that many seconds (each call must wait
+        for its instant, ``delays``). Each task gets one entry and spends it through
+        :meth:`hold`. An entry nobody spends is given back with :meth:`release` (or leaves the
+        window by itself)."""
         limit, window_ms, margin_ms = self._windows[api_class]
         keys = [_window_key(api_class), _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
-        answer = self._reserve(keys=keys, args=[limit, window_ms, margin_ms, max(count, 0)])
-        return Reservation(api_class, [int(entry) for entry in answer[1:]], int(answer[0]) / 1000)
+        keys.append(_answered_key(api_class))
+        # Blocked by calls in flight: back after about one slot's share of the window.
+        retry_ms = max(window_ms // max(limit, 1), 20)
+        args = [limit, window_ms, margin_ms, max(count, 0), int(max(ahead, 0) * 1000), retry_ms,
+                _grace_ms(window_ms + margin_ms)]  # fmt: skip
+        answer = [int(value) for value in self._reserve(keys=keys, args=args)]
+        pairs = answer[1:]
+        return Reservation(
+            api_class, pairs[0::2], answer[0] / 1000, [ms / 1000 for ms in pairs[1::2]]
+        )
 
     def release(self, api_class: str, entries: list[int]) -> None:
         """Give back slots taken for calls that will not be made."""
         if entries:
             self._redis.zrem(_window_key(api_class), *entries)
+            self._redis.zrem(_answered_key(api_class), *entries)
 
     @contextmanager
     def hold(self, api_class: str, entry: int | None = None) -> Iterator[None]:
@@ -272,10 +327,14 @@ class GlobalLimiter:
         return entry if int(answer) == 0 else None
 
     def _take(self, api_class: str) -> int:
-        reservation = self.reserve(api_class, 1)
-        if not reservation.entries:
-            raise self._denied(api_class, reservation.wait_seconds)
-        return reservation.entries[0]
+        limit, window_ms, margin_ms = self._windows[api_class]
+        keys = [_window_key(api_class), _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
+        keys.append(_answered_key(api_class))
+        args = [limit, window_ms, margin_ms, _grace_ms(window_ms + margin_ms)]
+        answer = self._acquire(keys=keys, args=args)
+        if answer[0]:
+            raise self._denied(api_class, int(answer[0]) / 1000)
+        return int(answer[1])
 
     def _denied(self, api_class: str, wait: float) -> NoCapacity:
         self._metrics.limiter_wait(api_class, wait)
@@ -284,10 +343,13 @@ class GlobalLimiter:
 
     def _completion(self, api_class: str, entry: int) -> Callable[[], None]:
         _limit, window_ms, margin_ms = self._windows[api_class]
-        window_key, span = _window_key(api_class), window_ms + margin_ms
+        keys, span = [_window_key(api_class), _answered_key(api_class)], window_ms + margin_ms
+        # Both keys outlive the stamp by a window and a grace: the answers must last as long
+        # as the entries they mark.
+        keep_ms = span + _grace_ms(span)
 
         def completed() -> None:
-            self._complete(keys=[window_key], args=[entry, span])
+            self._complete(keys=keys, args=[entry, keep_ms])
 
         return completed
 
@@ -329,6 +391,15 @@ def _window(item: RateLimitItem, margin: float) -> tuple[int, int, int]:
 
 def _window_key(api_class: str) -> str:
     return f"{KEY_PREFIX}:{api_class}"
+
+
+def _grace_ms(span_ms: int) -> int:
+    """How long past its window an entry still in flight keeps its slot."""
+    return max(span_ms, GRACE_MIN_MS)
+
+
+def _answered_key(api_class: str) -> str:
+    return f"{KEY_PREFIX}:answered:{api_class}"
 
 
 def _backoff_key(api_class: str) -> str:

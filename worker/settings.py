@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     dispatch_chunk: int = Field(default=500, ge=1, le=10_000)
     #: A batch whose dispatch has not moved for this long is resumed by the batch reconciler.
     dispatch_stall_seconds: float = Field(default=60.0, gt=0)
+    #: The batch feeder books create slots that free within this many seconds, and sends their
+    #: creates with a countdown to the slot's instant, so no slot idles while the feeder's own
+    #: next run waits for a worker (0: only the slots free now).
+    feed_ahead_seconds: float = Field(default=2.0, ge=0, le=60)
     #: Workers send Celery task events (and task-sent events) from the start. Off by default:
     #: publishing them is a large share of a worker's work. Flower turns worker events on by
     #: itself while it runs; ``bmsctl up`` sets this when it starts Flower.
