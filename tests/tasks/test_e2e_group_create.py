@@ -7,6 +7,7 @@ import math
 import pytest
 
 from models.states import RequestState
+from tasks.control import cancel
 from tests.factories import server
 from worker.fault_hooks import KILL_AFTER_CREATE_POST
 
@@ -86,3 +87,23 @@ def test_a_worker_killed_right_after_the_group_post_adopts_the_group(stack_facto
     assert calls(stack, "create") == 1  # adopted by its marker, never created again
     cloud = stack.simulator.control.servers()
     assert sorted(s["name"] for s in cloud) == [f"crash-{i:04d}" for i in range(5)]
+
+
+def test_a_cancelled_member_has_only_its_server_deleted(stack_factory):
+    stack = stack_factory(job_seconds=(1.5, 2.0))
+    stack.start_worker("all", concurrency=4)
+    submitted = stack.submit({"name": "cancel", "servers": [server(name="cut", count=4)]})
+
+    def posted() -> bool:
+        return all(r.state is S.BUILDING for r in stack.requests(submitted.batch_id))
+
+    stack.wait_for(posted, 60, "the group's create to be accepted")
+    victim = stack.requests(submitted.batch_id)[1]
+    assert cancel(stack.sessions, [victim.id]) == [victim.id]
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=120)
+
+    assert [r.state for r in requests] == [S.ACTIVE, S.CANCELLED, S.ACTIVE, S.ACTIVE]
+    assert calls(stack, "create") == 1
+    made = live(stack)
+    assert sorted(s["name"] for s in made) == ["cut-0000", "cut-0002", "cut-0003"]

