@@ -159,6 +159,9 @@ def worker_env(sim: SimulatorServer, database_url: str, redis_url: str, limits: 
         BMS_DATABASE_URL=database_url,
         BMS_REDIS_URL=redis_url,
         BMS_RATE_LIMITS=limits,
+        # One create call per server: its servers' names (bench-0000 ...) would be grouped
+        # into count creates, and this bench measures the create quota.
+        BMS_CREATE_GROUP_MAX="1",
     )
 
 

@@ -29,7 +29,6 @@ from models.records import (
 )
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
-from tasks import group_create
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import is_retryable
 from tasks.timing import create_backoff, first_poll
@@ -57,8 +56,6 @@ def create_body(request: ServerRequest) -> dict:
 # Capacity first: a create that must wait for quota learns it before it touches its row.
 @step_task("bms.create_server", Step.CREATE, capacity_first=True)
 def create_server(chain: Chain) -> Next | None:
-    if group_create.grouped(chain):
-        return group_create.create_member(chain)  # one count create for its whole group
     with claim(chain) as (session, request):
         in_cloud_maybe = request.create_intent_at is not None
         if request.state not in (S.PENDING, S.CREATING) and not (

@@ -4,7 +4,9 @@ its results are handed to each member.
 Planning (:func:`plan_batch`, before a batch's first dispatch): the runs that
 ``tasks.grouping.plan_groups`` finds (bodies identical apart from the name, names ``web-0000``,
 ``web-0001``, ... in order, no fixed IP, no existing EIP, never across batches) become
-``create_groups`` rows of up to ``BMS_CREATE_GROUP_MAX`` members each.
+``create_groups`` rows of up to ``BMS_CREATE_GROUP_MAX`` members each, and each group's first
+member's chain is started at once (:func:`start_groups`), so that the group's create does not
+wait for the batch's dispatch to reach it.
 
 Create (:func:`create_member`, the create step of a member): the first member message that runs
 locks the group, then its members, and decides the call: ``count`` = the members still to
@@ -62,6 +64,8 @@ from models.records import (
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, StaleChain, Wait, advance, fail, handoff, step_task
+from tasks.control import dispatch
+from tasks.create import create_server
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.grouping import group_key, plan_groups
 from tasks.plan import next_signature
@@ -86,8 +90,10 @@ def group_marker(group_id: uuid.UUID) -> str:
 # -- planning ----------------------------------------------------------------------------------
 
 
-def plan_batch(sessions: sessionmaker[Session], batch_id: uuid.UUID, group_max: int) -> int:
-    """Put the batch's groupable requests into groups; returns how many groups were made.
+def plan_batch(
+    sessions: sessionmaker[Session], batch_id: uuid.UUID, group_max: int
+) -> list[uuid.UUID]:
+    """Put the batch's groupable requests into groups; returns each new group's first member.
 
     Only before anything of the batch was dispatched (every token 0) and only once: the batch
     row is locked, and a batch that has any group already is left as it is.
@@ -97,9 +103,9 @@ def plan_batch(sessions: sessionmaker[Session], batch_id: uuid.UUID, group_max: 
         query = select(ServerRequest).where(ServerRequest.batch_id == batch_id)
         requests = list(session.scalars(query.order_by(ServerRequest.position)))
         if any(r.group_id is not None or r.fence for r in requests):
-            return 0
+            return []
         bodies = [(r.spec or {}).get("create_body") or {} for r in requests]
-        made = 0
+        leaders = []
         for positions in plan_groups(bodies, group_max):
             members = [requests[p] for p in positions]
             if sum(1 for m in members if m.state is S.PENDING) < 2:
@@ -119,19 +125,37 @@ def plan_batch(sessions: sessionmaker[Session], batch_id: uuid.UUID, group_max: 
             session.flush()
             for index, member in enumerate(members):
                 member.group_id, member.group_index = group_id, index
-            made += 1
-    return made
+            leaders.append(next(m.id for m in members if m.state is S.PENDING))
+    return leaders
+
+
+def start_groups(sessions: sessionmaker[Session], leaders: list[uuid.UUID]) -> int:
+    """Start each group's create now, by the chain of its first member: the batch's dispatch
+    sends its chains in order, and a group far down the batch would otherwise wait for all
+    the chains before it to be sent. Every later message of a member is a cheap no-op."""
+    return dispatch(sessions, leaders)
 
 
 def grouped(chain: Chain) -> bool:
-    """Whether the create of this request is its group's (a plain read; re-checked locked)."""
+    """Whether the create of this request is its group's (a plain read; re-checked locked).
+
+    :raises StaleChain: the message's token is already behind the row's (tokens only grow):
+        the many member messages a group's create made no-ops stop here, before any lock.
+    """
     with session_scope(runtime().sessions) as session:
         row = session.execute(
-            select(ServerRequest.cloud_name, CreateGroup.state, CreateGroup.intent_at)
-            .join(CreateGroup, ServerRequest.group_id == CreateGroup.id)
+            select(
+                ServerRequest.fence,
+                ServerRequest.cloud_name,
+                CreateGroup.state,
+                CreateGroup.intent_at,
+            )
+            .outerjoin(CreateGroup, ServerRequest.group_id == CreateGroup.id)
             .where(ServerRequest.id == uuid.UUID(chain.request_id))
         ).one_or_none()
-    return row is not None and _in_group_path(row.state, row.intent_at, row.cloud_name)
+    if row is None or row.fence > chain.fence:
+        raise StaleChain(chain.request_id)
+    return row.state is not None and _in_group_path(row.state, row.intent_at, row.cloud_name)
 
 
 def _in_group_path(state: GroupState, intent_at, cloud_name: str | None) -> bool:
@@ -220,6 +244,16 @@ def _send(signatures: list[Signature]) -> None:
 
 
 # -- create -----------------------------------------------------------------------------------
+
+
+@step_task("bms.create_group", Step.CREATE)
+def create_group(chain: Chain) -> Next | None:
+    """The create step of a member of a count group (``tasks.plan`` names it): the group's one
+    create, or nothing when another member's message made it; a member its group is done
+    with is created on its own."""
+    if grouped(chain):
+        return create_member(chain)
+    return create_server(chain)
 
 
 def create_member(chain: Chain) -> Next | None:
@@ -324,13 +358,18 @@ def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
                 transition(held.session, member, S.BUILDING, detail=f"group create job {job_id}")
             if member is not request:
                 advance(member)
-        # One poll for the group: by the member in hand if it is ours and in the call.
-        poller = request if request in included and chain.owns(request) else included[0]
+        # One poll for the group: by the member in hand if it is ours and in the call; else by
+        # another member (a member held by another message learns of the job from the rows).
+        owned = chain.owns(request)
+        others = [m for m in included if m is not request]
+        poller = request if owned and request in included else (others or [None])[0]
+        if poller is None:
+            return None
         group.poller_id, group.polled_at = poller.id, utcnow()
         if poller is request:
             return handoff(request, first_poll(JobKind.CREATE))
         held.sends.append(next_signature(poller, first_poll(JobKind.CREATE)))
-        return handoff(request) if chain.owns(request) else None
+        return handoff(request) if owned else None
 
 
 def _not_sent(chain: Chain, new_attempt: bool) -> None:
@@ -457,11 +496,13 @@ def _listed_with_marker(cloud_base: str, marker: str) -> tuple[dict[str, dict], 
 @step_task("bms.poll_group_job", Step.POLL_CREATE)
 def poll_group_job(chain: Chain) -> Next | None:
     """Watch the group's create job (one poller per group), then hand each member on."""
+    if _polled_by_another(chain):
+        return None
     with claim_group(chain) as held:
         group, request = held.group, held.request
         if group.state is not G.POSTED or request.cloud_name is None:
             return handoff(request)
-        if not _may_poll(group, request):
+        if not _may_poll(group, request.id):
             log.info("%s: group %s is polled by another member", chain.request_id, group.id)
             return None
         group.poller_id, group.polled_at = request.id, utcnow()
@@ -487,9 +528,25 @@ def poll_group_job(chain: Chain) -> Next | None:
     raise Wait(wait, "group create job running")
 
 
-def _may_poll(group: CreateGroup, request: ServerRequest) -> bool:
+def _polled_by_another(chain: Chain) -> bool:
+    """A plain read first: a member's message (a dispatch, a restart) while another member
+    holds the lease stops before locking the group's rows."""
+    with session_scope(runtime().sessions) as session:
+        group = session.scalar(
+            select(CreateGroup)
+            .join(ServerRequest, ServerRequest.group_id == CreateGroup.id)
+            .where(ServerRequest.id == uuid.UUID(chain.request_id))
+        )
+        return (
+            group is not None
+            and group.state is G.POSTED
+            and not _may_poll(group, uuid.UUID(chain.request_id))
+        )
+
+
+def _may_poll(group: CreateGroup, request_id: uuid.UUID) -> bool:
     """The poll lease: this member's, or its poller silent for the reconciler's idle time."""
-    if group.poller_id in (None, request.id) or group.polled_at is None:
+    if group.poller_id in (None, request_id) or group.polled_at is None:
         return True
     lease = timedelta(seconds=runtime().settings.reconcile_after_seconds)
     return utcnow() - as_utc(group.polled_at) > lease

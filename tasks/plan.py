@@ -18,6 +18,7 @@ S = RequestState
 #: Each step task and the step a request ended there is FAILED at (a retry resumes there).
 STEP_OF_TASK: dict[str, Step] = {
     "bms.create_server": Step.CREATE,
+    "bms.create_group": Step.CREATE,
     "bms.poll_create_job": Step.POLL_CREATE,
     "bms.poll_group_job": Step.POLL_CREATE,
     "bms.wait_server_built": Step.POLL_CREATE,
@@ -45,7 +46,7 @@ def next_task_name(request: ServerRequest) -> str | None:
         return _teardown_task(request)
     if state in (S.PENDING, S.CREATING) or (state is S.CANCELLED and request.create_intent_at):
         # A cancelled request whose create may be in the cloud looks for it (to delete it).
-        return "bms.create_server"
+        return "bms.create_group" if _created_by_group(request) else "bms.create_server"
     if state is S.BUILDING or (state is S.CANCELLED and request.job_id):
         # A cancelled create still in flight is watched to its end, then deleted.
         return _building_task(request)
@@ -54,6 +55,15 @@ def next_task_name(request: ServerRequest) -> str | None:
     if state is S.TAGGING:
         return _tagging_task(request)
     return None
+
+
+def _created_by_group(request: ServerRequest) -> bool:
+    """A member of a count create not yet made (every PENDING member is in its group's call),
+    or in a call that may be in the cloud; a member whose group is done with it (failed, to
+    be retried) is created on its own."""
+    if request.group_id is None or request.state not in (S.PENDING, S.CREATING):
+        return False
+    return request.state is S.PENDING or request.cloud_name is not None
 
 
 def _building_task(request: ServerRequest) -> str | None:

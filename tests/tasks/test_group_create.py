@@ -27,7 +27,8 @@ from tasks.base import StaleChain, Wait
 from tasks.control import cancel
 from tasks.create import create_server
 from tasks.finish import rename_server
-from tasks.group_create import poll_group_job
+from tasks.group_create import create_group, poll_group_job
+from tasks.plan import next_task_name
 from tests.tasks.stepkit import next_task
 
 S = RequestState
@@ -63,7 +64,7 @@ def add_group(bench, size: int = 3, base: str = "web") -> list[uuid.UUID]:
             record_creation(session, request)
             ids.append(request.id)
         batch_id = batch.id
-    assert group_create.plan_batch(bench.sessions, batch_id, 100) == 1
+    assert group_create.plan_batch(bench.sessions, batch_id, 100) == [ids[0]]
     return ids
 
 
@@ -103,7 +104,7 @@ def test_a_group_is_created_by_one_call_and_each_member_goes_on_from_the_one_pol
     messages = [bench.chain(request_id) for request_id in ids]
     bench.client.on("create_servers", CreateResult("job-g"))
 
-    outcome = create_server(messages[1])
+    outcome = create_group(messages[1])
 
     (body,) = posted_bodies(bench)
     group = group_of(bench, ids[0])
@@ -114,7 +115,7 @@ def test_a_group_is_created_by_one_call_and_each_member_goes_on_from_the_one_pol
     assert next_task(outcome) == "bms.poll_group_job"
     for message in (messages[0], messages[2]):  # the others' create messages: no-ops
         with pytest.raises(StaleChain):
-            create_server(message)
+            create_group(message)
     assert bench.client.count("create_servers") == 1
 
     bench.client.on("show_job", group_job(*[("SUCCESS", f"srv-{i}", None) for i in range(3)]))
@@ -136,13 +137,13 @@ def test_two_member_messages_running_at_once_send_one_post(bench, sent):
 
     def the_other_member_runs_meanwhile(_body):
         try:
-            create_server(messages[3])
+            create_group(messages[3])
         except StaleChain:
             others_done.append("stale")
         return CreateResult("job-g")
 
     bench.client.on("create_servers", the_other_member_runs_meanwhile)
-    create_server(messages[0])
+    create_group(messages[0])
 
     assert others_done == ["stale"]
     assert bench.client.count("create_servers") == 1
@@ -158,7 +159,7 @@ def test_two_member_messages_in_two_threads_send_one_post(bench, sent):
     def run(message):
         start.wait(10)
         try:
-            outcomes.append(next_task(create_server(message)))
+            outcomes.append(next_task(create_group(message)))
         except StaleChain:
             outcomes.append("stale")
 
@@ -176,14 +177,14 @@ def test_a_lost_create_answer_adopts_the_whole_group_by_its_marker(bench, sent):
     ids = add_group(bench, 3)
     bench.client.on("create_servers", CloudConnectionError("dropped", "POST", "/x"))
     with pytest.raises(CloudConnectionError):
-        create_server(bench.chain(ids[0]))
+        create_group(bench.chain(ids[0]))
     group = group_of(bench, ids[0])
     assert group.intent_at is not None and group.state is GroupState.PLANNED
     named = [(f"web-{i:04d}", f"srv-{i}") for i in range(3)]
     extra = ("web-0001", "srv-dup")
     bench.client.on("list_servers", servers(group.marker, *named, extra))
 
-    outcome = create_server(bench.chain(ids[0]))
+    outcome = create_group(bench.chain(ids[0]))
 
     assert bench.client.count("create_servers") == 1
     assert [bench.get(i).server_id for i in ids] == ["srv-0", "srv-1", "srv-2"]
@@ -202,10 +203,10 @@ def test_a_lost_answer_with_nothing_listed_after_the_grace_posts_again_with_the_
         "create_servers", CloudConnectionError("dropped", "POST", "/x"), CreateResult("job-g")
     )
     with pytest.raises(CloudConnectionError):
-        create_server(bench.chain(ids[0]))
+        create_group(bench.chain(ids[0]))
     bench.client.on("list_servers", servers("unused"))
 
-    create_server(bench.chain(ids[1]))  # the reconciler's restart of another member
+    create_group(bench.chain(ids[1]))  # the reconciler's restart of another member
 
     first, second = posted_bodies(bench)
     assert first == second  # same names, same marker: a look-up finds either
@@ -216,13 +217,13 @@ def test_a_quota_wait_spends_no_attempt_and_keeps_the_group_unmade(bench, sent):
     ids = add_group(bench, 2)
     bench.client.on("create_servers", Throttled(429, "APIGW.0308", "quota"))
     with pytest.raises(Throttled):
-        create_server(bench.chain(ids[0]))
+        create_group(bench.chain(ids[0]))
     group = group_of(bench, ids[0])
     assert (group.intent_at, group.state) == (None, GroupState.PLANNED)
     assert [bench.get(i).attempt for i in ids] == [0, 0]
 
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(bench.chain(ids[0]))  # the same message, re-run by the wrapper
+    create_group(bench.chain(ids[0]))  # the same message, re-run by the wrapper
     assert [bench.get(i).attempt for i in ids] == [1, 1]
     assert group_of(bench, ids[0]).job_id == "job-g"
 
@@ -230,7 +231,7 @@ def test_a_quota_wait_spends_no_attempt_and_keeps_the_group_unmade(bench, sent):
 def test_a_partly_failed_job_sends_the_built_on_and_retries_the_failed_on_its_own(bench, sent):
     ids = add_group(bench, 3)
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(bench.chain(ids[0]))
+    create_group(bench.chain(ids[0]))
     marker = group_of(bench, ids[0]).marker
     subs = [("SUCCESS", "srv-0", None), ("FAIL", "srv-1", "BMS.3037"), ("FAIL", None, "BMS.3037")]
     bench.client.on("show_job", group_job(*subs))
@@ -265,7 +266,7 @@ def test_a_member_cancelled_before_the_post_is_left_out_of_the_count(bench, sent
     cancel(bench.sessions, [ids[2]])
     bench.client.on("create_servers", CreateResult("job-g"))
 
-    create_server(bench.chain(ids[0]))
+    create_group(bench.chain(ids[0]))
 
     (body,) = posted_bodies(bench)
     assert (body["name"], body["count"]) == ("web", 2)
@@ -276,7 +277,7 @@ def test_a_gap_in_the_group_is_created_under_the_marker_and_renamed(bench, sent)
     ids = add_group(bench, 3)
     cancel(bench.sessions, [ids[1]])
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(bench.chain(ids[0]))
+    create_group(bench.chain(ids[0]))
     marker = group_of(bench, ids[0]).marker
 
     (body,) = posted_bodies(bench)
@@ -296,7 +297,7 @@ def test_a_gap_in_the_group_is_created_under_the_marker_and_renamed(bench, sent)
 def test_a_member_cancelled_after_the_post_has_only_its_server_deleted(bench, sent):
     ids = add_group(bench, 3)
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(bench.chain(ids[0]))
+    create_group(bench.chain(ids[0]))
     cancel(bench.sessions, [ids[1]])
     marker = group_of(bench, ids[0]).marker
     bench.client.on("show_job", group_job(*[("SUCCESS", f"srv-{i}", None) for i in range(3)]))
@@ -316,7 +317,7 @@ def test_the_poller_cancelled_still_polls_for_the_group(bench, sent):
     ids = add_group(bench, 2)
     bench.client.on("create_servers", CreateResult("job-g"))
     poller = bench.chain(ids[0])
-    create_server(poller)
+    create_group(poller)
     cancel(bench.sessions, [ids[0]])
     marker = group_of(bench, ids[0]).marker
     bench.client.on("show_job", group_job(("SUCCESS", "srv-0", None), ("SUCCESS", "srv-1", None)))
@@ -333,9 +334,9 @@ def test_a_message_delivered_twice_does_nothing_the_second_time(bench, sent):
     create_message = bench.chain(ids[0])
     copy = bench.chain(ids[0])
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(create_message)
+    create_group(create_message)
     with pytest.raises(StaleChain):
-        create_server(copy)
+        create_group(copy)
 
     poll_message = bench.chain(ids[0])
     poll_copy = bench.chain(ids[0])
@@ -350,7 +351,7 @@ def test_a_message_delivered_twice_does_nothing_the_second_time(bench, sent):
 def test_another_member_does_not_poll_while_the_poller_holds_the_lease(bench, sent):
     ids = add_group(bench, 2)
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(bench.chain(ids[0]))
+    create_group(bench.chain(ids[0]))
 
     assert poll_group_job(bench.chain(ids[1])) is None  # e.g. a restart by the reconciler
     assert bench.client.count("show_job") == 0
@@ -359,7 +360,7 @@ def test_another_member_does_not_poll_while_the_poller_holds_the_lease(bench, se
 def test_a_running_poll_keeps_every_member_moving(bench, sent):
     ids = add_group(bench, 2)
     bench.client.on("create_servers", CreateResult("job-g"))
-    create_server(bench.chain(ids[0]))
+    create_group(bench.chain(ids[0]))
     before = bench.get(ids[1]).updated_at
     bench.client.on("show_job", group_job(("RUNNING", None, None)))
     with pytest.raises(Wait):
@@ -372,4 +373,14 @@ def test_a_batch_is_planned_once_and_never_after_a_dispatch(bench):
     with session_scope(bench.sessions) as session:
         batch_id = session.get(ServerRequest, ids[0]).batch_id
         assert len(list(session.scalars(select(CreateGroup)))) == 1
-    assert group_create.plan_batch(bench.sessions, batch_id, 100) == 0
+    assert group_create.plan_batch(bench.sessions, batch_id, 100) == []
+
+
+def test_the_plan_names_the_group_create_only_while_the_group_makes_the_member(bench, sent):
+    ids = add_group(bench, 2)
+    assert next_task_name(bench.get(ids[0])) == "bms.create_group"
+    bench.client.on("create_servers", CreateResult("job-g"))
+    create_group(bench.chain(ids[0]))
+    assert next_task_name(bench.get(ids[1])) == "bms.poll_group_job"
+    bench.set(ids[1], state=S.CREATING, cloud_name=None)  # failed in the group, retried alone
+    assert next_task_name(bench.get(ids[1])) == "bms.create_server"
