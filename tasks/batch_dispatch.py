@@ -64,6 +64,8 @@ from worker.limiter import GlobalLimiter
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.batch_dispatch")
+#: The tasks whose message takes a create slot (a request's own create, a count group's).
+CREATE_TASKS = ("bms.create_server", "bms.create_group")
 
 #: Batches resumed per run of the batch reconciler (the rest wait for its next run).
 RESUME_LIMIT = 100
@@ -246,7 +248,7 @@ def _send_chunk(
         slot = slots.pop(0) if slots else None
         signature = signatures.get(row.id)
         options = {}
-        if signature is not None and slot is not None and signature.task == "bms.create_server":
+        if signature is not None and slot is not None and signature.task in CREATE_TASKS:
             (signature.kwargs["slot"], instant), slot = slot, None
             options = {"eta": datetime.fromtimestamp(instant, UTC)} if instant > time.time() else {}
         _release(limiter, [slot] if slot is not None else [])  # cancelled since it was read

@@ -4,9 +4,8 @@ its results are handed to each member.
 Planning (:func:`plan_batch`, before a batch's first dispatch): the runs that
 ``tasks.grouping.plan_groups`` finds (bodies identical apart from the name, names ``web-0000``,
 ``web-0001``, ... in order, no fixed IP, no existing EIP, never across batches) become
-``create_groups`` rows of up to ``BMS_CREATE_GROUP_MAX`` members each, and each group's first
-member's chain is started at once (:func:`start_groups`), so that the group's create does not
-wait for the batch's dispatch to reach it.
+``create_groups`` rows of up to ``BMS_CREATE_GROUP_MAX`` members each. The feeder
+(``tasks.batch_dispatch``) sends one create, with one slot, for a group's first waiting member.
 
 Create (:func:`create_member`, the create step of a member): the first member message that runs
 locks the group, then its members, and decides the call: ``count`` = the members still to
@@ -64,7 +63,6 @@ from models.records import (
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, StaleChain, Wait, advance, fail, handoff, step_task
-from tasks.control import dispatch
 from tasks.create import create_server
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.grouping import group_key, plan_groups
@@ -127,13 +125,6 @@ def plan_batch(
                 member.group_id, member.group_index = group_id, index
             leaders.append(next(m.id for m in members if m.state is S.PENDING))
     return leaders
-
-
-def start_groups(sessions: sessionmaker[Session], leaders: list[uuid.UUID]) -> int:
-    """Start each group's create now, by the chain of its first member: the batch's dispatch
-    sends its chains in order, and a group far down the batch would otherwise wait for all
-    the chains before it to be sent. Every later message of a member is a cheap no-op."""
-    return dispatch(sessions, leaders)
 
 
 def grouped(chain: Chain) -> bool:
@@ -246,7 +237,8 @@ def _send(signatures: list[Signature]) -> None:
 # -- create -----------------------------------------------------------------------------------
 
 
-@step_task("bms.create_group", Step.CREATE)
+# Capacity first, as a create: the feeder hands the group's one create its slot.
+@step_task("bms.create_group", Step.CREATE, capacity_first=True)
 def create_group(chain: Chain) -> Next | None:
     """The create step of a member of a count group (``tasks.plan`` names it): the group's one
     create, or nothing when another member's message made it; a member its group is done

@@ -512,8 +512,7 @@ def start_batch(self, batch_id: str, transient_errors: int = 0) -> bool:
         batch_dispatch.close(current.sessions, batch)
         return False
     # Before the first dispatch: the servers one count create can make are put in its group.
-    leaders = group_create.plan_batch(current.sessions, batch, current.settings.create_group_max)
-    group_create.start_groups(current.sessions, leaders)
+    group_create.plan_batch(current.sessions, batch, current.settings.create_group_max)
     return batch_dispatch.send(batch, None)
 
 

@@ -33,8 +33,7 @@ def declare_queues() -> tuple[Queue, ...]:
 #: Every task by its stable name, with the API class whose queue (and quota) it uses.
 TASK_API_CLASSES = {
     "bms.create_server": "create",
-    # Not capacity-first: most of a group's messages are no-ops, the one POST takes its slot.
-    "bms.create_group": "create",
+    "bms.create_group": "create",  # the create of a count group's member (tasks.group_create)
     "bms.poll_create_job": "job",
     "bms.poll_group_job": "job",
     "bms.wait_server_built": "show",

@@ -280,8 +280,8 @@ def test_a_count_group_costs_one_slot_and_only_its_first_member_is_sent(sessions
     names = ["g-0000", "g-0001", "g-0002", "solo-a", "solo-b"]
     spec = parse_batch(batch(*(server(name=name) for name in names)))
     batch_id = submit(sessions, spec, BatchSource.API).batch_id
-    assert group_create.plan_batch(sessions, batch_id, group_max=100) == 1
     ids = request_ids(sessions, batch_id)
+    assert [str(i) for i in group_create.plan_batch(sessions, batch_id, 100)] == [ids[0]]
 
     fed = feed(sessions, quota, batch_id, 0, size=500)
 
@@ -289,7 +289,7 @@ def test_a_count_group_costs_one_slot_and_only_its_first_member_is_sent(sessions
     # other slot for solo-a; solo-b waits for the next slot.
     assert fed.position == 4
     assert [(request_id, task) for request_id, task, _slot in sent] == [
-        (ids[0], "bms.create_server"),
+        (ids[0], "bms.create_group"),
         (ids[3], "bms.create_server"),
     ]
     assert None not in [slot for _id, _task, slot in sent]
