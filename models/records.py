@@ -279,8 +279,9 @@ class StrayServer(Timestamped, Base):
     """A server the orchestrator made but will not use, queued for deletion by the sweeper.
 
     A create answered after another chain had moved the request on, or a second server found
-    with a request's marker. Only the create job may be known at first: the sweeper reads the
-    job for the server ids, then deletes them and watches the delete job to its end.
+    with a request's marker. Only the create job (or only the marker, when the create's answer
+    was lost) may be known at first: the sweeper reads the job (or lists the request's name) for
+    the server ids, then deletes them and watches the delete job to its end.
     """
 
     __tablename__ = "stray_servers"
@@ -290,6 +291,8 @@ class StrayServer(Timestamped, Base):
     request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("server_requests.id"))
     server_id: Mapped[str | None] = mapped_column(String(64))
     create_job_id: Mapped[str | None] = mapped_column(String(64))
+    #: Known only by its create's marker (that create's answer was lost): found by listing.
+    marker: Mapped[str | None] = mapped_column(String(64))
     delete_job_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[StrayState] = mapped_column(_enum(StrayState), default=StrayState.PENDING)
     #: Sweeps that acted on it (reads of its job, delete calls); bounded, then ABANDONED.

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import redis
 from celery import shared_task
 from celery.canvas import Signature
 from sqlalchemy import select
@@ -58,6 +59,8 @@ S = RequestState
 
 #: Transient errors (5xx, timeouts, 409) tolerated per step before the request is FAILED.
 MAX_TRANSIENT_ERRORS = 6
+#: Our own infrastructure unreachable for now: the database, or Redis outside the limiter.
+INFRASTRUCTURE_DOWN = (OperationalError, redis.ConnectionError, redis.TimeoutError)
 #: The code recorded for an exception that is not a cloud error (a bug, an unreadable answer).
 INTERNAL_ERROR_CODE = "ORCH.INTERNAL"
 
@@ -182,9 +185,13 @@ def give_up(session: Session, request: ServerRequest, step: Step, code: str, mes
     still cleaning up stops: the server it was deleting is named in its error, for an operator,
     and a create job it was watching is handed to the stray sweeper.
     """
+    if request.state is S.CANCELLED and request.create_intent_at and not request.job_id:
+        # A create whose answer was lost may have made a server: the sweeper looks for it by
+        # its marker. (A FAILED request keeps its intent: the marker is how a retry finds that
+        # create, instead of creating a second server beside it.)
+        why = f"create with marker {request.create_marker} given up ({message})"
+        session.add(StrayServer(request_id=request.id, marker=request.create_marker, reason=why))
     if request.state is S.CANCELLED:
-        # A FAILED request keeps its intent: the marker is how a retry finds a create whose
-        # answer was lost, instead of creating a second server beside it.
         request.create_intent_at = None
     if request.job_id and request.state is S.CANCELLED:
         stray = StrayServer(request_id=request.id, create_job_id=request.job_id, reason=message)
@@ -245,11 +252,12 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
                     return
                 log.warning("%s %s: %s, retrying", name, request_id, exc)
                 raise retry(transient_errors + 1, 2.0**transient_errors) from None
-            except OperationalError as exc:
-                # The database is unreachable or locked for long: nothing can be recorded now.
+            except INFRASTRUCTURE_DOWN as exc:
+                # The database or Redis is unreachable (restarting, say): nothing can be done
+                # or recorded now, and it is no fault of the request's: never FAILED for it.
                 if transient_errors >= MAX_TRANSIENT_ERRORS:
-                    log.error("%s %s: database unusable (%s); the reconciler takes over",
-                              name, request_id, exc)  # fmt: skip
+                    log.error("%s %s: %s unusable (%s); the reconciler takes over",
+                              name, request_id, _which(exc), exc)  # fmt: skip
                     return
                 raise retry(transient_errors + 1, 2.0**transient_errors) from None
             except Exception as exc:
@@ -263,6 +271,10 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
         return body
 
     return decorate
+
+
+def _which(exc: BaseException) -> str:
+    return "database" if isinstance(exc, OperationalError) else "Redis"
 
 
 def _describe(exc: BaseException) -> str:

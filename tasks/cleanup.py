@@ -83,10 +83,12 @@ def poll_delete_job(chain: Chain) -> Next | None:
             return handoff(request)
     try:
         job = runtime().client.show_job(job_id)
+    except NotFound:
+        return _delete_job_forgotten(chain, job_id, server_id)
     except CloudAPIError as exc:
         if exc.transient:
             raise
-        # The cloud no longer answers for this job (gone, refused): say so, do not loop.
+        # The cloud refuses to show this job: say so, do not loop.
         return _finished(chain, f"delete job {job_id} of {server_id} unreadable: {exc}")
     with claim(chain) as (session, request):
         if request.cleanup_job_id != job_id:
@@ -111,6 +113,17 @@ def poll_delete_job(chain: Chain) -> Next | None:
             cloud_job.error_code = failure.error_code if failure else job.error_code
             return _delete_failed(session, request, server_id, cloud_job.error_code)
     raise Wait(wait, "delete job running")
+
+
+def _delete_job_forgotten(chain: Chain, job_id: str, server_id: str) -> Next:
+    """The cloud no longer knows the delete job: delete again, which settles it (gone: done;
+    still deleting: watched; still there: a new delete, under the same budget). Before, the
+    server was reported deleted while it might still run, billed."""
+    with claim(chain) as (session, request):
+        if request.cleanup_job_id != job_id:
+            return handoff(request)
+        # Counted like a failed delete job: again while the budget lasts, then an operator.
+        return _delete_failed(session, request, server_id, f"job {job_id} unknown")
 
 
 def _delete_failed(session, request: ServerRequest, server_id: str, code: str | None) -> Next:

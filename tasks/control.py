@@ -184,8 +184,12 @@ def retry(sessions: sessionmaker[Session], request_ids: Iterable[uuid.UUID]) -> 
 
 def _resume_state(request: ServerRequest) -> RequestState:
     resume_state = RESUME_STATE[request.failed_step]
-    if resume_state is S.BUILDING and not (request.job_id or request.server_id):
+    made = request.job_id or request.server_id
+    if resume_state is S.BUILDING and not made:
         return S.CREATING  # nothing in the cloud to look at: create again
+    if resume_state is S.CREATING and made:
+        # A create answered after the request FAILED was recorded: watch what it made.
+        return S.BUILDING
     return resume_state
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from bms.exceptions import NotFound
 from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
 from models.records import (
@@ -67,7 +68,10 @@ def poll_create_job(chain: Chain) -> Next | None:
         if request.state not in (S.BUILDING, S.CANCELLED) or not request.job_id:
             return handoff(request)
         job_id = request.job_id
-    job = runtime().client.show_job(job_id)
+    try:
+        job = runtime().client.show_job(job_id)
+    except NotFound:
+        return _job_forgotten(chain, job_id)
     wait = None
     with claim(chain) as (session, request):
         if request.job_id != job_id:
@@ -90,6 +94,35 @@ def poll_create_job(chain: Chain) -> Next | None:
             failure = _CreateFailure(job.server_ids, first.error_code, reason)
             return _create_failed(session, request, failure)
     raise Wait(wait, "create job running")
+
+
+def _job_forgotten(chain: Chain, job_id: str) -> Next:
+    """The cloud no longer knows the create job (expired, or removed by hand). What it made is
+    found the way a lost answer's is: by listing the name for the create's marker, so a poll of
+    a forgotten job neither fails every retry the same way nor creates a second server."""
+    with claim(chain) as (session, request):
+        if request.job_id != job_id or not request.create_marker:
+            if request.job_id == job_id:  # a row of the release that renamed: no marker
+                failure = _CreateFailure([], "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
+                return _create_failed(session, request, failure)
+            return handoff(request)
+        cloud_job = session.get(CloudJob, job_id)
+        # The intent dates from the POST: the job was recorded as soon as it was answered.
+        request.create_intent_at = cloud_job.created_at if cloud_job else utcnow()
+        request.job_id = None
+        if request.attempt >= runtime().settings.max_attempts and request.state is S.BUILDING:
+            # The look-up may lead to another POST: bounded like any attempt. The intent is
+            # kept, so that a retry looks the marker up first.
+            fail(session, request, Step.POLL_CREATE, "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
+            return handoff(request)
+        request.attempt += 1
+        detail = f"create job {job_id} unknown to the cloud: looking up marker "
+        detail += request.create_marker
+        if request.state is S.BUILDING:
+            transition(session, request, S.CREATING, detail=detail)
+        else:
+            record_note(session, request, detail)
+        return handoff(request)
 
 
 @step_task("bms.wait_server_built", Step.POLL_CREATE)
@@ -172,7 +205,10 @@ def poll_attach_job(chain: Chain) -> Next | None:
         if request.state is not S.ATTACHING or attachment is None or not attachment.job_id:
             return handoff(request)
         job_id = attachment.job_id
-    job = runtime().client.show_job(job_id)
+    try:
+        job = runtime().client.show_job(job_id)
+    except NotFound:
+        return _attach_job_forgotten(chain, job_id)
     wait = None
     with claim(chain) as (session, request):
         attachment = _current_attachment(request)
@@ -198,6 +234,21 @@ def poll_attach_job(chain: Chain) -> Next | None:
                 session, request, attachment, first.error_code, first.fail_reason or "failed"
             )
     raise Wait(wait, "attach job running")
+
+
+def _attach_job_forgotten(chain: Chain, job_id: str) -> Next:
+    """The cloud no longer knows the attach job: the disk's status tells what it did, as after
+    a lost answer (the attach step reads it before any new POST)."""
+    with claim(chain) as (session, request):
+        attachment = _current_attachment(request)
+        if attachment is None or attachment.job_id != job_id:
+            return handoff(request)
+        cloud_job = session.get(CloudJob, job_id)
+        attachment.intent_at = cloud_job.created_at if cloud_job else utcnow()
+        attachment.job_id = None
+        record_note(session, request, f"attach job {job_id} unknown to the cloud: reading disk "
+                    f"{attachment.volume_id}")  # fmt: skip
+        return handoff(request)
 
 
 def _current_attachment(request: ServerRequest):

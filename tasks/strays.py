@@ -1,9 +1,11 @@
 """The stray sweeper: deletes the servers the orchestrator made but will not use.
 
 A stray is queued by the step that learns of it (a create answered after the request moved on,
-a second server with a request's marker, a cancelled create whose watch broke). Only its create
-job may be known at first. Each sweep (a beat task on the control queue) moves every stray one
-stage on — job read for its servers, delete sent, delete job read — through the same limiter
+a second server with a request's marker, a cancelled create whose watch broke, a cancelled
+create given up while its answer was lost). Only its create job, or only its marker, may be
+known at first. Each sweep (a beat task on the control queue) moves every stray one stage on —
+job read (or the request's name listed) for its servers, delete sent, delete job read — through
+the same limiter
 as every other call, and notes each stage in the request's timeline. A stray that keeps failing
 is abandoned after a bounded number of tries, with its server named for an operator.
 """
@@ -21,6 +23,7 @@ from bms.jobs import JobOutcome
 from models.base import as_utc, utcnow
 from models.db import session_scope
 from models.records import JobKind, ServerRequest, StrayServer, StrayState, record_note
+from models.spec import MARKER_METADATA_KEY
 from tasks.timing import DEADLINES
 from worker.limiter import NoCapacity
 from worker.runtime import runtime
@@ -56,11 +59,14 @@ def sweep_one(stray_id: int) -> None:
     """One stage of one stray: its job read, its delete sent, or its delete job read."""
     with session_scope(runtime().sessions) as session:
         stray = session.get(StrayServer, stray_id)
-        state, server_id = stray.state, stray.server_id
+        state, server_id, marker = stray.state, stray.server_id, stray.marker
         create_job_id, delete_job_id = stray.create_job_id, stray.delete_job_id
+        name = session.get(ServerRequest, stray.request_id).name
     client = runtime().client
     if state is StrayState.DELETING:
         _delete_job_read(stray_id, client.show_job(delete_job_id))
+    elif server_id is None and create_job_id is None:
+        _marker_listed(stray_id, marker, client.list_servers(name=name).servers)
     elif server_id is None:
         _create_job_read(stray_id, client.show_job(create_job_id))
     else:
@@ -88,12 +94,35 @@ def _create_job_read(stray_id: int, job) -> None:
         if not server_ids:
             _close(session, stray, StrayState.DELETED, f"create job {job.job_id} made no server")
             return
-        stray.server_id = server_ids[0]
-        for extra in server_ids[1:]:
-            session.add(
-                StrayServer(request_id=stray.request_id, server_id=extra, reason=stray.reason)
-            )
-        _note(session, stray, f"stray create job {job.job_id} made {', '.join(server_ids)}")
+        _found(session, stray, server_ids, f"stray create job {job.job_id}")
+
+
+def _marker_listed(stray_id: int, marker: str, servers: list[dict]) -> None:
+    """The servers listed under the request's name: the ones with the marker are the stray's."""
+    server_ids = [
+        server["id"]
+        for server in servers
+        if server.get("metadata", {}).get(MARKER_METADATA_KEY) == marker
+        and server.get("status") != "DELETED"
+    ]
+    with session_scope(runtime().sessions) as session:
+        stray = session.get(StrayServer, stray_id)
+        if server_ids:
+            _found(session, stray, server_ids, f"stray create with marker {marker}")
+            return
+        # A server is listed a little after its create: only past the look-up grace does
+        # "none listed" mean "none made".
+        grace = timedelta(seconds=runtime().settings.create_lookup_grace_seconds)
+        if utcnow() > as_utc(stray.created_at) + grace:
+            _close(session, stray, StrayState.DELETED, f"no server has marker {marker}")
+
+
+def _found(session, stray: StrayServer, server_ids: list[str], source: str) -> None:
+    """The stray's servers are known: it takes the first, a new stray each of the others."""
+    stray.server_id = server_ids[0]
+    for extra in server_ids[1:]:
+        session.add(StrayServer(request_id=stray.request_id, server_id=extra, reason=stray.reason))
+    _note(session, stray, f"{source} made {', '.join(server_ids)}")
 
 
 def _delete_job_read(stray_id: int, job) -> None:
@@ -135,7 +164,11 @@ def _finish(stray_id: int, state: StrayState, detail: str | None) -> None:
 
 def _close(session, stray: StrayServer, state: StrayState, detail: str | None) -> None:
     stray.state = state
-    server = stray.server_id or f"of create job {stray.create_job_id}"
+    server = stray.server_id or (
+        f"of create job {stray.create_job_id}"
+        if stray.create_job_id
+        else f"with marker {stray.marker}"
+    )
     if state is StrayState.DELETED:
         _note(session, stray, detail or f"stray server {server} deleted")
     else:

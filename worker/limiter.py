@@ -16,6 +16,7 @@ come from Redis's clock, one clock for every machine, and a small margin absorbs
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,6 +34,11 @@ DEFAULT_BACKOFF_SECONDS = 5.0
 #: Share of each window added as a margin (and at least this many milliseconds).
 DEFAULT_MARGIN = 0.01
 MIN_MARGIN_MS = 10
+#: How long a caller waits when the limiter's Redis cannot be reached (it is restarting, say).
+UNREACHABLE_WAIT_SECONDS = 2.0
+#: Redis failures that mean "not reachable now", as opposed to a bug in a script or a call.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+log = logging.getLogger("bms.limiter")
 #: An entry in flight (unanswered, or booked and not used yet) keeps its slot this much longer
 #: than a window (at least): a booked create that runs late still finds its slot.
 GRACE_MIN_MS = 5000
@@ -230,6 +236,31 @@ class NoCapacity(Exception):
         self.window_seconds = window_seconds
 
 
+class LimiterUnreachable(NoCapacity):
+    """The limiter's Redis cannot be reached: no call can be admitted, so none is made."""
+
+
+@contextmanager
+def _admitting(api_class: str) -> Iterator[None]:
+    """Around a call that admits: unreachable, the limiter admits nothing (and says so)."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        # Not a failure of the work: no quota can be vouched for, so no call is made now.
+        log.warning("limiter unreachable (%s): no %s call for now", exc, api_class)
+        raise LimiterUnreachable(api_class, UNREACHABLE_WAIT_SECONDS) from None
+
+
+@contextmanager
+def _bookkeeping(what: str) -> Iterator[None]:
+    """Around a write after the fact (a re-stamp, a slot given back, a 429 pause shared): the
+    call it is about was made, or will not be, and its answer must not be lost to Redis."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        log.warning("limiter unreachable (%s): %s skipped", exc, what)
+
+
 class GlobalLimiter:
     """Acquire one call of an API class against its account-wide quota."""
 
@@ -252,7 +283,8 @@ class GlobalLimiter:
 
         Inside :meth:`hold` of the class, the slot held is spent (no Redis round trip).
 
-        :raises NoCapacity: the quota (or a back-off after a 429) forbids a call now.
+        :raises NoCapacity: the quota (or a back-off after a 429) forbids a call now, or
+            (:class:`LimiterUnreachable`) the limiter cannot tell, its Redis being unreachable.
         """
         held = self._held.get()
         if held and api_class in held:
@@ -281,7 +313,8 @@ class GlobalLimiter:
         retry_ms = max(window_ms // max(limit, 1), 20)
         args = [limit, window_ms, margin_ms, max(count, 0), int(max(ahead, 0) * 1000), retry_ms,
                 _grace_ms(window_ms + margin_ms)]  # fmt: skip
-        answer = [int(value) for value in self._reserve(keys=keys, args=args)]
+        with _admitting(api_class):
+            answer = [int(value) for value in self._reserve(keys=keys, args=args)]
         pairs = answer[1:]
         return Reservation(
             api_class, pairs[0::2], answer[0] / 1000, [ms / 1000 for ms in pairs[1::2]]
@@ -290,8 +323,9 @@ class GlobalLimiter:
     def release(self, api_class: str, entries: list[int]) -> None:
         """Give back slots taken for calls that will not be made."""
         if entries:
-            self._redis.zrem(_window_key(api_class), *entries)
-            self._redis.zrem(_answered_key(api_class), *entries)
+            with _bookkeeping(f"{api_class} slots given back"):
+                self._redis.zrem(_window_key(api_class), *entries)
+                self._redis.zrem(_answered_key(api_class), *entries)
 
     @contextmanager
     def hold(self, api_class: str, entry: int | None = None) -> Iterator[None]:
@@ -321,7 +355,8 @@ class GlobalLimiter:
         """``entry`` when it still holds its slot (stamped now), ``None`` when it has left."""
         limit, window_ms, margin_ms = self._windows[api_class]
         keys = [_window_key(api_class), _backoff_key(api_class)]
-        (answer,) = self._adopt(keys=keys, args=[entry, window_ms + margin_ms])
+        with _admitting(api_class):
+            (answer,) = self._adopt(keys=keys, args=[entry, window_ms + margin_ms])
         if int(answer) > 0:
             raise self._denied(api_class, int(answer) / 1000)
         return entry if int(answer) == 0 else None
@@ -331,7 +366,8 @@ class GlobalLimiter:
         keys = [_window_key(api_class), _backoff_key(api_class), f"{KEY_PREFIX}:seq"]
         keys.append(_answered_key(api_class))
         args = [limit, window_ms, margin_ms, _grace_ms(window_ms + margin_ms)]
-        answer = self._acquire(keys=keys, args=args)
+        with _admitting(api_class):
+            answer = self._acquire(keys=keys, args=args)
         if answer[0]:
             raise self._denied(api_class, int(answer[0]) / 1000)
         return int(answer[1])
@@ -349,15 +385,19 @@ class GlobalLimiter:
         keep_ms = span + _grace_ms(span)
 
         def completed() -> None:
-            self._complete(keys=keys, args=[entry, keep_ms])
+            # The call was made and its answer is in hand: a create made but never recorded
+            # would be far worse than an entry keeping its admission stamp.
+            with _bookkeeping(f"{api_class} call re-stamp"):
+                self._complete(keys=keys, args=[entry, keep_ms])
 
         return completed
 
     def back_off(self, api_class: str, seconds: float | None) -> None:
         """The cloud answered 429: stop every worker calling ``api_class`` for a while."""
         wait = seconds if seconds and seconds > 0 else DEFAULT_BACKOFF_SECONDS
-        # NX: the first 429 sets the pause; a burst of them does not keep extending it.
-        self._redis.set(_backoff_key(api_class), b"1", px=int(wait * 1000), nx=True)
+        with _bookkeeping(f"{api_class} 429 pause"):
+            # NX: the first 429 sets the pause; a burst of them does not keep extending it.
+            self._redis.set(_backoff_key(api_class), b"1", px=int(wait * 1000), nx=True)
 
     def usage(self) -> dict[str, Usage]:
         """Each API class's calls in its current window, its quota, and any 429 pause left."""

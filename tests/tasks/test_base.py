@@ -10,6 +10,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+import redis
 from sqlalchemy import event
 
 from bms.client import ServerPage
@@ -71,6 +72,22 @@ def test_an_unexpected_error_in_a_cancelled_requests_cleanup_ends_it_with_a_note
     stored = bench.get(request_id)
     assert stored.state is S.CANCELLED and stored.cleanup_server_id is None
     assert "srv-1" in stored.last_error_message and "by hand" in stored.last_error_message
+
+
+def test_redis_unreachable_mid_step_is_retried_and_never_fails_the_request(bench, retries):
+    # Seen in the chaos test: Redis restarting during a poll FAILED the request (ORCH.INTERNAL)
+    # while its create job ran on, leaving a server that no live request watched.
+    request_id = bench.add(S.BUILDING, job_id="job-1")
+    fence = bench.get(request_id).fence
+    bench.client.on("show_job", redis.ConnectionError("Error 111 connecting to 127.0.0.1"))
+
+    with pytest.raises(RuntimeError, match="re-run scheduled"):
+        run_task(poll_create_job, request_id, fence, transient_errors=2)
+
+    assert retries == [(fence, 3, pytest.approx(4.0))]
+    stored = bench.get(request_id)
+    assert stored.state is S.BUILDING and stored.job_id == "job-1"
+    assert stored.last_error_code is None
 
 
 def test_a_wait_forgives_earlier_transient_errors_and_carries_the_new_token(bench, retries):

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from bms.exceptions import BadRequest, CloudConnectionError
+from bms.exceptions import BadRequest, CloudConnectionError, NotFound
 from models.base import utcnow
 from models.db import session_scope
 from models.records import CloudJob, JobKind
@@ -104,3 +104,20 @@ def test_a_delete_refused_for_good_names_the_server_for_an_operator(bench):
     assert stored.cleanup_server_id is None
     assert stored.last_error_code == "BMS.0208"
     assert "srv-1" in stored.last_error_message and "by hand" in stored.last_error_message
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_a_delete_job_the_cloud_forgot_is_settled_by_deleting_again(bench, attempts):
+    # Before: "unreadable" ended the cleanup and the server, maybe still running, was forgotten.
+    request_id = cancelled_with_server(bench, cleanup_job_id="del-1", cleanup_attempts=attempts)
+    bench.client.on("show_job", NotFound(404, "BMS.0013", "job not found"))
+
+    outcome = poll_delete_job(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    if attempts < bench.settings.max_attempts:
+        assert (stored.cleanup_server_id, stored.cleanup_job_id) == ("srv-1", None)
+        assert next_task(outcome) == "bms.delete_server"
+    else:  # the budget holds: an operator is told which server
+        assert stored.cleanup_server_id is None
+        assert "srv-1" in stored.last_error_message and "by hand" in stored.last_error_message

@@ -51,6 +51,18 @@ def test_retry_of_a_failed_create_starts_a_fresh_attempt_budget(sessions):
     assert stored.fence == 1  # a new chain owns it
 
 
+@pytest.mark.parametrize("made", [{"job_id": "job-7"}, {"server_id": "srv-7"}])
+def test_retry_of_a_failed_create_whose_answer_came_later_resumes_at_what_it_made(sessions, made):
+    # A create answered after another copy FAILED the request is recorded on the row (the
+    # cloud made it); a retry that created again would leave that server billed and unowned.
+    with sessions() as session:
+        request = failed(session, Step.CREATE, create_marker="o1a1", **made)
+    retry(sessions, [request.id])
+    stored = reload(sessions, request.id)
+    assert stored.state is S.BUILDING
+    assert (stored.job_id, stored.server_id) == (made.get("job_id"), made.get("server_id"))
+
+
 def test_retry_of_a_failed_poll_looks_at_the_same_job_again(sessions):
     with sessions() as session:
         request = failed(session, Step.POLL_CREATE, job_id="job-1")

@@ -6,22 +6,26 @@ from datetime import timedelta
 
 import pytest
 
+from bms.exceptions import NotFound
 from models.base import utcnow
 from models.db import session_scope
 from models.records import AttachmentState, CloudJob, JobKind
 from models.states import RequestState, Step
 from tasks.base import StaleChain, Wait
 from tasks.control import dispatch
+from tasks.create import create_server
 from tasks.errors import TIMEOUT_CODE
 from tasks.poll import poll_attach_job, poll_create_job, wait_server_built
 from tasks.timing import DEADLINES
 from tests.tasks.stepkit import job, next_task
+from tests.tasks.test_create import listed
 
 S = RequestState
 
 
 def building(bench, **fields):
-    request_id = bench.add(S.BUILDING, job_id="job-1", attempt=1, **fields)
+    fields = {"attempt": 1, **fields}
+    request_id = bench.add(S.BUILDING, job_id="job-1", **fields)
     with session_scope(bench.sessions) as session:
         session.add(CloudJob(job_id="job-1", request_id=request_id, kind=JobKind.CREATE))
     return request_id
@@ -126,3 +130,55 @@ def test_a_create_job_past_its_deadline_is_handed_to_the_stray_sweeper(bench):
     assert stored.state is S.FAILED and stored.last_error_code == TIMEOUT_CODE
     # before: no stray, and the server the job made later stayed billed
     assert [s.create_job_id for s in bench.strays(request_id)] == ["job-1"]
+
+
+@pytest.mark.parametrize("state", [S.BUILDING, S.CANCELLED])
+def test_a_create_job_the_cloud_forgot_is_resolved_by_its_marker(bench, state):
+    # Before: the 404 FAILED the request at poll_create, and every retry polled the same
+    # forgotten job and FAILED again, while the server it made ran on.
+    request_id = building(bench, create_marker="o1a1")
+    bench.set(request_id, state=state)
+    bench.client.on("show_job", NotFound(404, "BMS.0013", "job not found"))
+
+    outcome = poll_create_job(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is (S.CREATING if state is S.BUILDING else S.CANCELLED)
+    assert (stored.job_id, stored.create_marker) == (None, "o1a1")
+    assert stored.create_intent_at is not None  # a lost answer: look before any POST
+    assert next_task(outcome) == "bms.create_server"
+
+    bench.client.on("list_servers", listed(("srv-made", "o1a1")))
+    outcome = create_server(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert bench.client.count("create_servers") == 0
+    if state is S.BUILDING:
+        assert (stored.state, stored.server_id) == (S.BUILDING, "srv-made")
+        assert next_task(outcome) == "bms.wait_server_built"
+    else:
+        assert stored.cleanup_server_id == "srv-made"
+        assert next_task(outcome) == "bms.delete_server"
+
+
+def test_an_attach_job_the_cloud_forgot_is_settled_from_the_disk(bench):
+    request_id = attaching(bench)
+    bench.client.on("show_job", NotFound(404, "BMS.0013", "job not found"))
+
+    outcome = poll_attach_job(bench.chain(request_id))  # before: FAILED at attach
+
+    (attachment,) = bench.get(request_id).attachments
+    assert bench.get(request_id).state is S.ATTACHING
+    assert attachment.job_id is None and attachment.intent_at is not None
+    assert next_task(outcome) == "bms.attach_volume"  # which reads the disk before any POST
+
+
+def test_a_create_job_the_cloud_keeps_forgetting_ends_within_the_budget(bench):
+    request_id = building(bench, create_marker="o1a1", attempt=3)
+    bench.client.on("show_job", NotFound(404, "BMS.0013", "job not found"))
+
+    poll_create_job(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.last_error_code) == (S.FAILED, "ORCH.JOB_UNKNOWN")
+    assert stored.create_intent_at is not None  # a retry looks the marker up first

@@ -8,7 +8,8 @@ import time
 import pytest
 from limits import parse
 
-from worker.limiter import GlobalLimiter, NoCapacity
+from bmsctl.processes import free_port, start_redis
+from worker.limiter import GlobalLimiter, LimiterUnreachable, NoCapacity
 
 
 @pytest.fixture
@@ -217,3 +218,37 @@ def test_a_call_never_answered_keeps_its_slot_a_grace_longer(limiter):
 
     # The four answered slots are free again; the one in flight is held for the grace.
     assert admitted(limiter, "create", 10) == 4
+
+
+def test_an_unreachable_redis_admits_no_call_and_says_when_to_retry():
+    nobody_listens = f"redis://127.0.0.1:{free_port()}/0"
+    limiter = GlobalLimiter(nobody_listens, {"create": parse("5/second")})
+
+    for admit in (
+        lambda: limiter.acquire("create"),
+        lambda: limiter.reserve("create", 3),
+        lambda: limiter.hold("create").__enter__(),
+        lambda: limiter.hold("create", entry=7).__enter__(),
+    ):
+        with pytest.raises(LimiterUnreachable) as denied:
+            admit()
+        # A NoCapacity: the step wrapper re-schedules it like any quota wait, spending no budget.
+        assert isinstance(denied.value, NoCapacity) and denied.value.api_class == "create"
+        assert denied.value.wait_seconds > 0
+
+
+def test_a_call_admitted_before_redis_went_away_keeps_its_answer(tmp_path):
+    server, url = start_redis(tmp_path)
+    limiter = GlobalLimiter(url, {"create": parse("5/second")})
+    try:
+        completed = limiter.acquire("create")
+        holding = limiter.hold("create")
+        holding.__enter__()
+    finally:
+        server.stop()
+
+    # The call was made (a create, say): neither the re-stamp, nor giving a held slot back,
+    # nor sharing a 429 pause may raise now and lose the answer in hand.
+    completed()
+    holding.__exit__(None, None, None)
+    limiter.back_off("create", 5.0)
