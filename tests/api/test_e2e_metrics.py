@@ -35,12 +35,14 @@ def scrape(api: TestClient) -> dict[str, dict[tuple, float]]:
 
 def test_metrics_after_a_run_match_the_database_and_the_cloud(stack_factory):
     stack = stack_factory()
-    # A tight create quota, so that the limiter holds calls back and says so.
+    # A tight create quota: the feeder spreads the creates over it.
     stack.start_worker("all", concurrency=4, BMS_RATE_LIMITS="create=2/second")
     # A fixed IP outside its subnet: a create the cloud refuses that the preflight does not see
     # (a missing flavor would make the preflight refuse the whole batch, before any create).
     outside = {"subnet_id": "c1d0e0f0-0000-4000-8000-0000000000b1", "ip_address": "10.9.9.9"}
-    body = batch(server(name="counted", count=5), server(name="doomed", nics=[outside]))
+    # Names of their own: five create calls (a `count` entry would be one grouped call).
+    metered = [server(name=f"metered{n}") for n in range(5)]
+    body = batch(*metered, server(name="doomed", nics=[outside]))
     submitted = stack.submit(body)
     stack.wait_until_finished(submitted.batch_id, timeout=90)
     settings = api_settings(stack.database_url, stack.redis_url, api_token=TOKEN)
@@ -75,11 +77,12 @@ def test_metrics_after_a_run_match_the_database_and_the_cloud(stack_factory):
             assert outcomes[(api_class, "throttled")] == seen["throttled"], api_class
     assert outcomes[("create", "ok")] == 5 and outcomes[("create", "error")] == 1
 
-    # The limiter held creates back; each hold was a create step re-scheduled.
+    # The feeder sends a create only when its slot is free: a create step held back by the
+    # limiter (counted as a wait) is a create step re-scheduled, and there are few of them.
     steps = samples["bms_step_duration_seconds_count"]
-    waits = {dict(k)["api_class"]: v for k, v in samples["bms_limiter_waits_total"].items()}
+    waits = {dict(k)["api_class"]: v for k, v in samples.get("bms_limiter_waits_total", {}).items()}
     retried = steps.get((("outcome", "retry"), ("task", "bms.create_server")), 0)
-    assert waits["create"] > 0 and waits["create"] == retried
+    assert waits.get("create", 0) == retried
     created = steps[(("outcome", "success"), ("task", "bms.create_server"))]
     assert created >= 6
     buckets = samples["bms_step_duration_seconds_bucket"]
