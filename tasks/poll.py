@@ -101,11 +101,11 @@ def _job_forgotten(chain: Chain, job_id: str) -> Next:
     found the way a lost answer's is: by listing the name for the create's marker, so a poll of
     a forgotten job neither fails every retry the same way nor creates a second server."""
     with claim(chain) as (session, request):
-        if request.job_id != job_id or not request.create_marker:
-            if request.job_id == job_id:  # a row of the release that renamed: no marker
-                failure = _CreateFailure([], "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
-                return _create_failed(session, request, failure)
+        if request.job_id != job_id:
             return handoff(request)
+        if not request.create_marker:  # a row of the release that renamed: nothing to look up
+            failure = _CreateFailure([], "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
+            return _create_failed(session, request, failure)
         cloud_job = session.get(CloudJob, job_id)
         # The intent dates from the POST: the job was recorded as soon as it was answered.
         request.create_intent_at = cloud_job.created_at if cloud_job else utcnow()
@@ -116,8 +116,7 @@ def _job_forgotten(chain: Chain, job_id: str) -> Next:
             fail(session, request, Step.POLL_CREATE, "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
             return handoff(request)
         request.attempt += 1
-        detail = f"create job {job_id} unknown to the cloud: looking up marker "
-        detail += request.create_marker
+        detail = f"create job {job_id} unknown to the cloud: looking up {request.create_marker}"
         if request.state is S.BUILDING:
             transition(session, request, S.CREATING, detail=detail)
         else:
