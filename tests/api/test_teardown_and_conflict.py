@@ -12,7 +12,7 @@ import uuid
 
 from api.dashboard import BAR_ORDER
 from api.session import CSRF_HEADER, csrf_value
-from models.canonical import batch_digest
+from models.canonical import batch_digest, canonical_body
 from models.db import session_scope
 from models.records import ServerRequest, transition
 from models.spec import parse_batch
@@ -86,6 +86,33 @@ def test_the_same_key_with_another_body_is_409_with_both_digests(client, row_cou
     assert problem["stored_digest"] in problem["detail"]
     assert problem["submitted_digest"] in problem["detail"]
     assert row_counts() == before
+
+
+def test_the_same_key_with_another_notify_is_409(client, row_counts):
+    # Where the batch's webhooks go is part of what was asked: another URL is another batch.
+    headers = {"Idempotency-Key": "rack-b-2026-11-27"}
+    first_body = {**batch(server(name="a")), "notify": {"url": "https://hooks.example/a"}}
+    other_body = {**first_body, "notify": {"url": "https://hooks.example/b"}}
+    client.post("/v1/batches", json=first_body, headers=headers)
+    before = row_counts()
+
+    response = client.post("/v1/batches", json=other_body, headers=headers)
+
+    assert response.status_code == 409
+    assert row_counts() == before
+
+
+def test_the_digest_shows_whether_a_secret_is_set_never_the_secret():
+    secret = "s3cret-of-sixteen-chars"
+    spec = parse_batch({**batch(server(name="a")), "notify": {"url": "https://h.example/x",
+                                                              "secret": secret}})  # fmt: skip
+    body = canonical_body(spec)
+
+    assert body["notify"] == {"url": "https://h.example/x", "request_events": False,
+                              "secret": "set"}  # fmt: skip
+    assert secret not in json.dumps(body)
+    unsigned = parse_batch({**batch(server(name="a")), "notify": {"url": "https://h.example/x"}})
+    assert batch_digest(spec) != batch_digest(unsigned)
 
 
 def test_the_same_batch_written_another_way_is_a_replay(client):
