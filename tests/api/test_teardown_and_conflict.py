@@ -12,7 +12,7 @@ import uuid
 
 from api.dashboard import BAR_ORDER
 from api.session import CSRF_HEADER, csrf_value
-from models.canonical import batch_digest, canonical_body
+from models.canonical import batch_digest, digest_body
 from models.db import session_scope
 from models.records import ServerRequest, transition
 from models.spec import parse_batch
@@ -106,7 +106,7 @@ def test_the_digest_shows_whether_a_secret_is_set_never_the_secret():
     secret = "s3cret-of-sixteen-chars"
     spec = parse_batch({**batch(server(name="a")), "notify": {"url": "https://h.example/x",
                                                               "secret": secret}})  # fmt: skip
-    body = canonical_body(spec)
+    body = digest_body(spec)
 
     assert body["notify"] == {"url": "https://h.example/x", "request_events": False,
                               "secret": "set"}  # fmt: skip

@@ -28,6 +28,7 @@ from models import migrate
 from models.db import make_engine, make_session_factory, session_scope
 from models.records import Batch, ServerRequest, record_note, transition
 from models.states import RequestState, Step
+from models.webhooks import WebhookTarget
 from tests.factories import VALID_SERVER, add_request
 from tests.fixtures.apiserver import serving_api
 
@@ -252,6 +253,20 @@ def test_submit_sends_the_validated_batch_not_the_file(api, tmp_path):
     with session_scope(api.sessions) as session:
         [request] = session.query(ServerRequest).all()
         assert request.spec["create_body"]["user_data"] == "aGk="
+
+
+def test_submit_carries_the_files_notify_with_its_secret(api, tmp_path):
+    # The webhook target and its signing secret travel; the API stores them apart.
+    path = tmp_path / "notified.yaml"
+    notify = "notify:\n  url: https://hooks.example/bms\n  secret: sixteen-chars-or-more\n"
+    path.write_text(batch_yaml("", "") + notify, encoding="utf-8")
+
+    result = bmsctl("submit", str(path), "--api", api.url)
+
+    assert result.returncode == 0, result.stderr
+    with session_scope(api.sessions) as session:
+        [target] = session.query(WebhookTarget).all()
+        assert (target.url, target.secret) == ("https://hooks.example/bms", "sixteen-chars-or-more")
 
 
 # -- teardown -------------------------------------------------------------------------------
