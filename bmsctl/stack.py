@@ -58,6 +58,8 @@ SECRET_SETTINGS = frozenset(
 #: ... and which of them each kind of child uses; Redis and the simulator get no setting at all.
 SECRETS_USED = {
     "worker": frozenset({"database_url", "ak", "sk", "iam_user", "iam_password", "iam_domain"}),
+    # Webhook deliveries read the database and post to receivers: never the cloud.
+    "webhook-worker": frozenset({"database_url"}),
     "beat": frozenset(),
     "flower": frozenset(),
     "api": frozenset({"database_url", "api_token"}),
@@ -237,7 +239,7 @@ class EmbeddedStack:
             self._spawn(
                 name,
                 worker_argv(name.removeprefix("worker-"), queues, slots, node=node),
-                self.env_for("worker"),
+                self.env_for("webhook-worker" if name == "worker-webhook" else "worker"),
                 lambda child, node=node: _wait_for_worker(redis_url, node, child),
             )
         self._spawn(

@@ -2,6 +2,9 @@
 
 Built lazily, once per process (after the prefork pool forks, so no connection is shared
 between processes), from the settings. Tests swap the whole runtime with :func:`use_runtime`.
+
+A process given no cloud settings (the webhook workers: least privilege, they never call the
+cloud) gets a :class:`NoCloudClient` that names what is missing on first use.
 """
 
 from __future__ import annotations
@@ -29,13 +32,27 @@ class Runtime:
     metrics: MetricsRecorder | None = None
 
 
+class CloudNotConfigured(RuntimeError):
+    """The settings name no cloud endpoint, project or credentials."""
+
+
+class NoCloudClient:
+    """Stands for the cloud client in a process without cloud settings: any use raises."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __getattr__(self, name: str):
+        raise CloudNotConfigured(f"this process has no cloud client: {self.reason}")
+
+
 def build_client(
     settings: Settings, limiter: GlobalLimiter | None, metrics: MetricsRecorder | None = None
 ) -> BmsClient:
     """The cloud client for the settings; every call first spends the limiter's quota, and is
     counted by API class and outcome when ``metrics`` is given."""
     if not settings.endpoint or not settings.project_id:
-        raise RuntimeError("BMS_ENDPOINT and BMS_PROJECT_ID must be set to reach a cloud")
+        raise CloudNotConfigured("BMS_ENDPOINT and BMS_PROJECT_ID must be set to reach a cloud")
     return BmsClient(
         settings.endpoint,
         settings.project_id,
@@ -62,19 +79,23 @@ def _auth(settings: Settings):
             settings.iam_domain.get_secret_value(),
             settings.project_id,
         )
-    raise RuntimeError("no cloud credentials: set BMS_AK and BMS_SK, or the BMS_IAM_* trio")
+    raise CloudNotConfigured("no cloud credentials: set BMS_AK and BMS_SK, or the BMS_IAM_* trio")
 
 
 def build_runtime(settings: Settings) -> Runtime:
     limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items)
     metrics = MetricsRecorder.from_url(settings.redis_url)
+    try:
+        client = build_client(settings, limiter, metrics)
+    except CloudNotConfigured as exc:
+        client = NoCloudClient(str(exc))
     return Runtime(
         settings=settings,
         # No pre-ping: it doubled the transactions of a step on PostgreSQL. A connection found
         # dead fails one task and is replaced; the chain is rebuilt by the reconciler.
         sessions=make_session_factory(make_engine(settings.database_url, pool_pre_ping=False)),
         limiter=limiter,
-        client=build_client(settings, limiter, metrics),
+        client=client,
         metrics=metrics,
     )
 

@@ -36,6 +36,7 @@ def test_each_kind_of_child_gets_only_the_secrets_it_uses(stack):
     assert secrets_in(stack.env_for("worker")) == {
         "database_url", "ak", "sk", "iam_user", "iam_password", "iam_domain"
     }  # fmt: skip
+    assert secrets_in(stack.env_for("webhook-worker")) == {"database_url"}
 
 
 def test_what_the_stack_decides_wins_over_a_setting_of_the_same_name(stack):
