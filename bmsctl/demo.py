@@ -64,8 +64,14 @@ def run(args) -> int:
             print("bmsctl demo: interrupted; stopping the stack", file=sys.stderr)
             return 130
         finally:
-            stack.stop()
-            console.print("stack stopped")
+            stopped = stack.stop()
+            # Like `up`'s last line (plain print: one line whatever the terminal's width);
+            # the demo's data lasts only until the next demo.
+            print(
+                f"stack stopped: {stopped} children stopped; logs and database in "
+                f"{stack.options.directory}/ until the next demo",
+                flush=True,
+            )
 
 
 def _demo_settings(directory: Path):

@@ -338,4 +338,5 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path):
     output = demo.communicate(timeout=90)[0]
     assert demo.returncode == 130, output
     assert "interrupted; stopping the stack" in output
+    assert "children stopped; logs and database in var/demo/ until the next demo" in output
     assert processes_under(tmp_path) == []
