@@ -15,6 +15,8 @@ after the request moved on) are queued as strays and deleted by the sweeper, nev
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from bms.exceptions import BadRequest, CloudTransportError, Throttled
@@ -142,20 +144,40 @@ def _stray(session, request: ServerRequest, *, reason: str, **ids: str) -> None:
     record_note(session, request, f"{reason}: queued for deletion")
 
 
-def _post_create(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:
+@dataclass(frozen=True)
+class CreateOutcomes:
+    """What a create path does with each outcome of its POST (the one-server path here, the
+    count group's in ``tasks.group_create``): each takes the chain first."""
+
+    #: The call certainly did not reach the cloud: ``(chain, new_attempt)``.
+    not_sent: Callable[[Chain, bool], None]
+    #: The cloud refused it outright, nothing made: ``(chain, exc)``.
+    refused: Callable[[Chain, BadRequest], Next | None]
+    #: The cloud accepted it: ``(chain, marker, job_id)``.
+    record_job: Callable[[Chain, str, str], Next | None]
+
+
+def post_create(
+    chain: Chain, body: dict, marker: str, new_attempt: bool, outcomes: CreateOutcomes
+) -> Next | None:
+    """POST one create (one server, or a count) and hand its outcome to ``outcomes``."""
     try:
         result = runtime().client.create_servers(body)
     except (NoCapacity, Throttled):
-        _not_sent(chain, new_attempt)  # held back by a quota, ours or the cloud's
+        outcomes.not_sent(chain, new_attempt)  # held back by a quota, ours or the cloud's
         raise
     except CloudTransportError as exc:
         if not exc.outcome_unknown:
-            _not_sent(chain, new_attempt)
+            outcomes.not_sent(chain, new_attempt)
         raise  # with the intent kept, the retry looks the marker up before any new POST
     except BadRequest as exc:
-        return _refused(chain, exc)
+        return outcomes.refused(chain, exc)
     fault_hooks.after_create_post()
-    return _record_job(chain, marker, result.job_id)
+    return outcomes.record_job(chain, marker, result.job_id)
+
+
+def _post_create(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:
+    return post_create(chain, body, marker, new_attempt, ONE_SERVER)
 
 
 def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
@@ -206,3 +228,7 @@ def _refused(chain: Chain, exc: BadRequest) -> Next | None:
             return None
     # Raised after the transaction: the cleared intent and the error must be kept.
     raise Wait(retry_in, f"create refused: {exc.error_code}")
+
+
+#: The one-server path's outcomes of its POST.
+ONE_SERVER = CreateOutcomes(not_sent=_not_sent, refused=_refused, record_job=_record_job)

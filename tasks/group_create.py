@@ -45,7 +45,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from bms.exceptions import BadRequest, CloudTransportError, Throttled
+from bms.exceptions import BadRequest
 from bms.jobs import SUCCESS, Job, JobOutcome
 from models.base import as_utc, utcnow
 from models.db import session_scope
@@ -63,14 +63,12 @@ from models.records import (
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, StaleChain, Wait, advance, fail, handoff, step_task
-from tasks.create import create_server
+from tasks.create import CreateOutcomes, create_server, post_create
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.grouping import group_key, plan_groups
 from tasks.plan import next_signature
 from tasks.poll import _create_done, _create_failed, _CreateFailure, _record, _still_running
 from tasks.timing import create_backoff, first_poll
-from worker import fault_hooks
-from worker.limiter import NoCapacity
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.group_create")
@@ -316,19 +314,7 @@ def _body(group: CreateGroup, member: ServerRequest) -> dict:
 
 
 def _post(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:
-    try:
-        result = runtime().client.create_servers(body)
-    except (NoCapacity, Throttled):
-        _not_sent(chain, new_attempt)  # held back by a quota, ours or the cloud's
-        raise
-    except CloudTransportError as exc:
-        if not exc.outcome_unknown:
-            _not_sent(chain, new_attempt)
-        raise  # with the intent kept, the retry looks the marker up before any new POST
-    except BadRequest as exc:
-        return _refused(chain, exc)
-    fault_hooks.after_create_post()
-    return _record_job(chain, marker, result.job_id)
+    return post_create(chain, body, marker, new_attempt, GROUP)
 
 
 def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
@@ -392,6 +378,10 @@ def _refused(chain: Chain, exc: BadRequest) -> Next | None:
             held.group.state = G.DONE
             return handoff(held.request)
     raise Wait(retry_in, f"group create refused: {exc.error_code}")
+
+
+#: The group path's outcomes of its POST.
+GROUP = CreateOutcomes(not_sent=_not_sent, refused=_refused, record_job=_record_job)
 
 
 def _adopt_by_marker(chain: Chain, marker: str) -> Next | None:
