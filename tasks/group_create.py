@@ -65,7 +65,7 @@ from models.states import RequestState, Step
 from tasks.base import Chain, Next, StaleChain, Wait, advance, fail, handoff, step_task
 from tasks.create import CreateOutcomes, create_server, post_create
 from tasks.errors import TIMEOUT_CODE, is_retryable
-from tasks.grouping import group_key, plan_groups
+from tasks.grouping import COUNT_NAME, group_key, plan_groups
 from tasks.plan import next_signature
 from tasks.poll import _create_done, _create_failed, _CreateFailure, _record, _still_running
 from tasks.timing import create_backoff, first_poll
@@ -125,26 +125,28 @@ def plan_batch(
     return leaders
 
 
-def grouped(chain: Chain) -> bool:
-    """Whether the create of this request is its group's (a plain read; re-checked locked).
+def create_path(chain: Chain) -> str:
+    """How this request is created (a plain read; re-checked locked): ``"group"``, by its
+    group's call; ``"regroup"``, its group is done with it and it may go with its peers
+    (:func:`regroup`); ``"alone"``, its own create.
 
     :raises StaleChain: the message's token is already behind the row's (tokens only grow):
         the many member messages a group's create made no-ops stop here, before any lock.
     """
     with session_scope(runtime().sessions) as session:
         row = session.execute(
-            select(
-                ServerRequest.fence,
-                ServerRequest.cloud_name,
-                CreateGroup.state,
-                CreateGroup.intent_at,
-            )
+            select(ServerRequest, CreateGroup.state, CreateGroup.intent_at)
             .outerjoin(CreateGroup, ServerRequest.group_id == CreateGroup.id)
             .where(ServerRequest.id == uuid.UUID(chain.request_id))
         ).one_or_none()
-    if row is None or row.fence > chain.fence:
-        raise StaleChain(chain.request_id)
-    return row.state is not None and _in_group_path(row.state, row.intent_at, row.cloud_name)
+        if row is None or row[0].fence > chain.fence:
+            raise StaleChain(chain.request_id)
+        request, state, intent_at = row
+        if state is None:
+            return "alone"
+        if _in_group_path(state, intent_at, request.cloud_name):
+            return "group"
+        return "regroup" if state is G.DONE and waits_for_create(request) else "alone"
 
 
 def _in_group_path(state: GroupState, intent_at, cloud_name: str | None) -> bool:
@@ -240,10 +242,91 @@ def _send(signatures: list[Signature]) -> None:
 def create_group(chain: Chain) -> Next | None:
     """The create step of a member of a count group (``tasks.plan`` names it): the group's one
     create, or nothing when another member's message made it; a member its group is done
-    with is created on its own."""
-    if grouped(chain):
+    with (failed in its call, or retried by an operator) is created again with the peers of
+    its group that wait for a create too (a new group), or on its own."""
+    path = create_path(chain)
+    if path == "group" or (path == "regroup" and regroup(chain)):
         return create_member(chain)
     return create_server(chain)
+
+
+# -- a retry re-enters grouping ---------------------------------------------------------------
+
+
+def waits_for_create(member: ServerRequest) -> bool:
+    """A member its group is done with that is to be created again, with nothing of its own
+    in the cloud or under way: no intent, no job, no server, nothing left to delete."""
+    return (
+        member.state is S.CREATING
+        and member.cloud_name is None
+        and member.create_intent_at is None
+        and not (member.job_id or member.server_id or member.cleanup_server_id)
+    )
+
+
+def regroup(chain: Chain) -> bool:
+    """A retried member takes the members of its (done) group that wait for a create too into
+    a new group, created by one ``count`` call: returns whether it did (``False``: on its own).
+
+    The members failed in one call are cleaned up side by side and come back about together;
+    the first back waits for the peers still deleting a failed server, at most one create
+    backoff (``wait_deadline_at``), then goes with those ready.
+    """
+    wait = None
+    with claim_group(chain) as held:
+        group, request = held.group, held.request
+        if group.state is not G.DONE or not waits_for_create(request):
+            return False
+        ready = [m for m in held.members if waits_for_create(m)]
+        cleaning = [
+            m
+            for m in held.members
+            if m.state is S.CREATING and m.cloud_name is None and m.cleanup_server_id
+        ]
+        now = utcnow()
+        if request.wait_deadline_at is None and cleaning:
+            request.wait_deadline_at = now + timedelta(seconds=create_backoff(request.attempt))
+        if cleaning and now < as_utc(request.wait_deadline_at):
+            wait = min(first_poll(JobKind.DELETE), (as_utc(request.wait_deadline_at) - now)
+                       .total_seconds())  # fmt: skip
+            advance(request)
+        elif len(ready) < 2:
+            request.wait_deadline_at = None
+            return False
+        else:
+            _new_group(held, ready)
+            return True
+    raise Wait(wait, "peers of its group are still deleting their failed servers")
+
+
+def _new_group(held: Held, ready: list[ServerRequest]) -> None:
+    """The members ``ready`` make a new group of their own (their old one is done)."""
+    old = held.group
+    group_id = uuid.uuid4()
+    held.session.add(
+        CreateGroup(
+            id=group_id,
+            batch_id=old.batch_id,
+            base_name=old.base_name,
+            # Each member's place is its name's index: the call gives them their own names
+            # only if they are base-0000, base-0001, ... (see ``_write_intent``).
+            first_index=0,
+            size=len(ready),
+            marker=group_marker(group_id),
+        )
+    )
+    held.session.flush()
+    for member in ready:
+        member.group_id, member.group_index = group_id, _name_index(member.name)
+        member.wait_deadline_at = None
+        record_note(held.session, member, f"created again with {len(ready)} of its group")
+        if member is not held.request:
+            advance(member)  # its own create message is now a no-op
+
+
+def _name_index(name: str) -> int:
+    found = COUNT_NAME.match(name)
+    return int(found["index"]) if found else 0
 
 
 def create_member(chain: Chain) -> Next | None:

@@ -59,11 +59,14 @@ def next_task_name(request: ServerRequest) -> str | None:
 
 def _created_by_group(request: ServerRequest) -> bool:
     """A member of a count create not yet made (every PENDING member is in its group's call),
-    or in a call that may be in the cloud; a member whose group is done with it (failed, to
-    be retried) is created on its own."""
+    or in a call that may be in the cloud, or one whose group is done with it (failed, to be
+    retried) with nothing under way of its own: ``bms.create_group`` creates it again with
+    its peers, or on its own. A create of its own already under way stays its own."""
     if request.group_id is None or request.state not in (S.PENDING, S.CREATING):
         return False
-    return request.state is S.PENDING or request.cloud_name is not None
+    if request.state is S.PENDING or request.cloud_name is not None:
+        return True
+    return request.create_intent_at is None and not (request.job_id or request.server_id)
 
 
 def _building_task(request: ServerRequest) -> str | None:

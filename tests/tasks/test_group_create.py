@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import timedelta
+from unittest.mock import patch
 
 import pytest
 from sqlalchemy import select
@@ -11,6 +13,7 @@ from sqlalchemy import select
 from bms.client import CreateResult, ServerPage
 from bms.exceptions import CloudConnectionError, Throttled
 from bms.jobs import Job
+from models.base import utcnow
 from models.db import session_scope
 from models.records import (
     Batch,
@@ -21,11 +24,10 @@ from models.records import (
     record_creation,
 )
 from models.spec import MARKER_METADATA_KEY
-from models.states import RequestState
-from tasks import group_create
-from tasks.base import StaleChain, Wait
-from tasks.control import cancel
-from tasks.create import create_server
+from models.states import RequestState, Step
+from tasks import control, group_create
+from tasks.base import Chain, StaleChain, Wait
+from tasks.control import cancel, retry
 from tasks.finish import rename_server
 from tasks.group_create import create_group, poll_group_job
 from tasks.plan import next_task_name
@@ -228,7 +230,7 @@ def test_a_quota_wait_spends_no_attempt_and_keeps_the_group_unmade(bench, sent):
     assert group_of(bench, ids[0]).job_id == "job-g"
 
 
-def test_a_partly_failed_job_sends_the_built_on_and_retries_the_failed_on_its_own(bench, sent):
+def test_a_partly_failed_job_sends_the_built_on_and_retries_the_failed(bench, sent):
     ids = add_group(bench, 3)
     bench.client.on("create_servers", CreateResult("job-g"))
     create_group(bench.chain(ids[0]))
@@ -251,14 +253,111 @@ def test_a_partly_failed_job_sends_the_built_on_and_retries_the_failed_on_its_ow
         None,
         "BMS.3037",
     )
-    assert sorted(s.task for s in sent) == ["bms.create_server", "bms.delete_server"]
+    assert sorted(s.task for s in sent) == ["bms.create_group", "bms.delete_server"]
 
-    # The failed member's next attempt is its own create, under its final name.
+    # Its peer still deletes its failed server: the member waits for it, one backoff at most,
+    # then its next attempt is its own create, under its final name.
+    with pytest.raises(Wait):
+        create_group(bench.chain(ids[2]))
+    assert bench.client.count("create_servers") == 1
+    bench.set(ids[2], wait_deadline_at=utcnow() - timedelta(seconds=1))
     bench.client.on("create_servers", CreateResult("job-2"))
-    create_server(bench.chain(ids[2]))
+    create_group(bench.chain(ids[2]))
     body = posted_bodies(bench)[-1]
     assert (body["name"], body["count"]) == ("web-0002", 1)
     assert bench.get(ids[2]).attempt == 2  # the group's attempt counts in its budget
+    assert bench.get(ids[2]).wait_deadline_at is None
+
+
+def fail_in_the_group(bench, ids, failed: set[int]) -> str:
+    """The group's call made every member; the members ``failed`` failed without a server
+    (nothing to delete), the others were built. Returns the group's marker."""
+    bench.client.on("create_servers", CreateResult("job-g"))
+    create_group(bench.chain(ids[0]))
+    marker = group_of(bench, ids[0]).marker
+    subs = [
+        ("FAIL", None, "BMS.3037") if i in failed else ("SUCCESS", f"srv-{i}", None)
+        for i in range(len(ids))
+    ]
+    bench.client.on("show_job", group_job(*subs))
+    built = [(f"web-{i:04d}", f"srv-{i}") for i in range(len(ids)) if i not in failed]
+    bench.client.on("list_servers", servers(marker, *built))
+    poll_group_job(bench.chain(ids[0]))
+    return marker
+
+
+def test_failed_members_are_created_again_by_one_count_call_with_their_own_names(bench, sent):
+    ids = add_group(bench, 4)
+    first = fail_in_the_group(bench, ids, failed={0, 1})
+    retries = {s.kwargs["request_id"]: s for s in sent if s.task == "bms.create_group"}
+    assert set(retries) == {str(ids[1])}  # ids[0] polled: its own retry is the poll's outcome
+    assert [bench.get(i).state for i in ids] == [S.CREATING, S.CREATING, S.TAGGING, S.TAGGING]
+
+    bench.client.on("create_servers", CreateResult("job-r"))
+    outcome = create_group(bench.chain(ids[0]))
+
+    body = posted_bodies(bench)[-1]
+    group = group_of(bench, ids[0])
+    assert (body["name"], body["count"]) == ("web", 2)  # web-0000, web-0001: their names
+    assert body["metadata"][MARKER_METADATA_KEY] == group.marker != first
+    assert group_of(bench, ids[1]).id == group.id and group_of(bench, ids[2]).marker == first
+    assert [bench.get(i).state for i in ids[:2]] == [S.BUILDING, S.BUILDING]
+    assert [bench.get(i).attempt for i in ids[:2]] == [2, 2]
+    assert next_task(outcome) == "bms.poll_group_job"
+    with pytest.raises(StaleChain):  # the peer's own retry message is now a no-op
+        create_group(Chain(str(ids[1]), retries[str(ids[1])].kwargs["fence"]))
+    assert bench.client.count("create_servers") == 2
+
+    bench.client.on("show_job", group_job(("SUCCESS", "srv-a", None), ("SUCCESS", "srv-b", None),
+                                          job_id="job-r"))  # fmt: skip
+    again = servers(group.marker, ("web-0000", "srv-a"), ("web-0001", "srv-b"))
+    bench.client.on("list_servers", again)
+    poll_group_job(bench.chain(ids[0]))
+    assert [bench.get(i).server_id for i in ids[:2]] == ["srv-a", "srv-b"]
+    assert [bench.get(i).state for i in ids[:2]] == [S.TAGGING, S.TAGGING]
+
+
+def test_failed_members_with_a_gap_are_created_under_a_marker_and_renamed(bench, sent):
+    ids = add_group(bench, 3)
+    fail_in_the_group(bench, ids, failed={0, 2})
+    bench.client.on("create_servers", CreateResult("job-r"))
+
+    create_group(bench.chain(ids[2]))
+
+    body = posted_bodies(bench)[-1]
+    marker = group_of(bench, ids[2]).marker
+    assert (body["name"], body["count"]) == (marker, 2)
+    assert [bench.get(i).cloud_name for i in (ids[0], ids[2])] == [f"{marker}-0000",
+                                                                   f"{marker}-0001"]  # fmt: skip
+
+
+def test_an_operators_retry_of_failed_members_creates_them_together(bench, sent):
+    ids = add_group(bench, 3)
+    fail_in_the_group(bench, ids, failed={1, 2})
+    for request_id in ids[1:]:
+        bench.set(request_id, state=S.FAILED, failed_step=Step.CREATE, attempt=3)
+    with patch.object(control, "dispatch"):
+        assert retry(bench.sessions, ids[1:]) == ids[1:]
+    bench.client.on("create_servers", CreateResult("job-r"))
+
+    assert next_task_name(bench.get(ids[1])) == "bms.create_group"
+    create_group(bench.chain(ids[1]))
+
+    body = posted_bodies(bench)[-1]
+    assert body["count"] == 2 and bench.client.count("create_servers") == 2
+    assert [bench.get(i).attempt for i in ids[1:]] == [1, 1]  # a fresh budget each
+
+
+def test_a_member_retried_alone_is_created_on_its_own(bench, sent):
+    ids = add_group(bench, 3)
+    fail_in_the_group(bench, ids, failed={1})
+    bench.client.on("create_servers", CreateResult("job-r"))
+
+    create_group(bench.chain(ids[1]))
+
+    body = posted_bodies(bench)[-1]
+    assert (body["name"], body["count"]) == ("web-0001", 1)
+    assert bench.get(ids[1]).create_marker  # its own create, with its own marker
 
 
 def test_a_member_cancelled_before_the_post_is_left_out_of_the_count(bench, sent):
@@ -382,5 +481,7 @@ def test_the_plan_names_the_group_create_only_while_the_group_makes_the_member(b
     bench.client.on("create_servers", CreateResult("job-g"))
     create_group(bench.chain(ids[0]))
     assert next_task_name(bench.get(ids[1])) == "bms.poll_group_job"
-    bench.set(ids[1], state=S.CREATING, cloud_name=None)  # failed in the group, retried alone
+    bench.set(ids[1], state=S.CREATING, cloud_name=None)  # failed in the group, retried
+    assert next_task_name(bench.get(ids[1])) == "bms.create_group"  # with its peers, if any
+    bench.set(ids[1], create_intent_at=utcnow())  # its own create is under way: its own step
     assert next_task_name(bench.get(ids[1])) == "bms.create_server"
