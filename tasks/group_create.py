@@ -68,7 +68,7 @@ from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.grouping import COUNT_NAME, group_key, plan_groups
 from tasks.plan import next_signature
 from tasks.poll import _create_done, _create_failed, _CreateFailure, _record, _still_running
-from tasks.timing import create_backoff, first_poll
+from tasks.timing import DEADLINES, create_backoff, first_poll
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks.group_create")
@@ -269,8 +269,9 @@ def regroup(chain: Chain) -> bool:
     a new group, created by one ``count`` call: returns whether it did (``False``: on its own).
 
     The members failed in one call are cleaned up side by side and come back about together;
-    the first back waits for the peers still deleting a failed server, at most one create
-    backoff (``wait_deadline_at``), then goes with those ready.
+    the first back waits for the peers still deleting a failed server (a cleanup always ends:
+    deleted, or given up for an operator), as long as a delete may take at most
+    (``wait_deadline_at``, the delete deadline), then goes with those ready.
     """
     wait = None
     with claim_group(chain) as held:
@@ -285,7 +286,7 @@ def regroup(chain: Chain) -> bool:
         ]
         now = utcnow()
         if request.wait_deadline_at is None and cleaning:
-            request.wait_deadline_at = now + timedelta(seconds=create_backoff(request.attempt))
+            request.wait_deadline_at = now + timedelta(seconds=DEADLINES[JobKind.DELETE])
         if cleaning and now < as_utc(request.wait_deadline_at):
             wait = min(first_poll(JobKind.DELETE), (as_utc(request.wait_deadline_at) - now)
                        .total_seconds())  # fmt: skip

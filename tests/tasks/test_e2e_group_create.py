@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState
 from tasks.control import cancel
 from tests.factories import server
@@ -59,8 +60,26 @@ def test_a_count_batch_takes_one_create_call_per_group_and_ends_active(stack_fac
         assert {v["id"] for v in made["volumes"]} == wanted
 
 
-def test_failed_sub_jobs_are_retried_and_the_built_servers_go_on(stack_factory):
+def recorded_creates(stack) -> list[tuple[str, int, str]]:
+    """Every create the simulator accepts from now on, as its body asked: ``(name, count,
+    the marker in its metadata)``."""
+    made: list[tuple[str, int, str]] = []
+    state = stack.simulator.app.state
+    accept = state.create_servers
+
+    def recording(template, names, nics, at_once=False):
+        count = len(names)
+        name = names[0] if count == 1 else names[0].removesuffix("-0000")
+        made.append((name, count, template["metadata"].get(MARKER_METADATA_KEY)))
+        return accept(template, names, nics, at_once)
+
+    state.create_servers = recording
+    return made
+
+
+def test_failed_sub_jobs_are_retried_together_and_the_built_servers_go_on(stack_factory):
     stack = stack_factory(count_fail_share=0.4)
+    creates = recorded_creates(stack)
     stack.start_worker("all", concurrency=4)
     submitted = stack.submit({"name": "partial", "servers": [server(name="part", count=5)]})
 
@@ -71,6 +90,18 @@ def test_failed_sub_jobs_are_retried_and_the_built_servers_go_on(stack_factory):
     made = live(stack)
     assert sorted(s["name"] for s in made) == [f"part-{i:04d}" for i in range(5)]  # no orphan
     assert {s["id"] for s in made} == {r.server_id for r in requests}
+    # The two failed members were created again together: one count call of 2, under a
+    # marker of its own (their names are not part-0000, part-0001), then renamed.
+    # The two failed members were created again together: one count call of 2, under a
+    # marker of its own (their names are not part-0000, part-0001), the built one renamed.
+    # The simulator fails a sub_job of every count call: that one's third try is on its own.
+    first, again, alone = creates
+    assert first[:2] == ("part", 5)
+    assert again[1] == 2 and again[2] != first[2] and again[0] == again[2]
+    last = next(r for r in requests if r.attempt == 3)
+    assert alone[:2] == (last.name, 1)
+    assert sorted(r.attempt for r in requests) == [1, 1, 1, 2, 3]
+    assert calls(stack, "update") == 1
 
 
 def test_a_worker_killed_right_after_the_group_post_adopts_the_group(stack_factory, tmp_path):

@@ -255,8 +255,8 @@ def test_a_partly_failed_job_sends_the_built_on_and_retries_the_failed(bench, se
     )
     assert sorted(s.task for s in sent) == ["bms.create_group", "bms.delete_server"]
 
-    # Its peer still deletes its failed server: the member waits for it, one backoff at most,
-    # then its next attempt is its own create, under its final name.
+    # Its peer still deletes its failed server: the member waits for it (up to the delete
+    # deadline), then its next attempt is its own create, under its final name.
     with pytest.raises(Wait):
         create_group(bench.chain(ids[2]))
     assert bench.client.count("create_servers") == 1
