@@ -37,6 +37,7 @@ import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,12 +239,27 @@ def batch(servers: int) -> dict:
 
 def run_variant(args, variant: Variant, redis_url: str, directory: Path, tag: str) -> Result:
     from models import migrate
+
+    redis.Redis.from_url(redis_url).flushall()  # no message, window or counter of before
+    with ExitStack() as stack:
+        database_url = f"sqlite:///{directory / f'{tag}.db'}"
+        if args.database:
+            database_url = stack.enter_context(database_schema(args.database))
+        migrate.upgrade(database_url)
+        return run_on(args, variant, database_url, redis_url, directory, tag)
+
+
+def database_schema(server_url: str):
+    """A PostgreSQL schema of its own for one variant, dropped afterwards."""
+    from tests.fixtures.database import postgres_schema
+
+    return contextmanager(postgres_schema)(server_url)
+
+
+def run_on(args, variant: Variant, database_url: str, redis_url: str, directory: Path, tag: str):
     from models.db import make_engine, make_session_factory
     from worker.app import app
 
-    redis.Redis.from_url(redis_url).flushall()  # no message, window or counter of before
-    database_url = f"sqlite:///{directory / f'{tag}.db'}"
-    migrate.upgrade(database_url)
     engine = make_engine(database_url)
     sim, admitted = start_simulator(spec(scaled_quotas(args.quota)), args.create_fail_share)
     workers: list[ManagedProcess] = []
@@ -539,6 +555,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="share of create jobs the simulator fails (default 0: the benchmark proper)",
+    )
+    parser.add_argument(
+        "--database",
+        help="PostgreSQL server URL: each variant runs in a schema of its own there, dropped "
+        "afterwards (default: a SQLite file per variant)",
     )
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     parser.add_argument("--keep", type=Path, help="keep logs, databases and timings here")

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import redis
 from celery import shared_task
@@ -230,7 +231,7 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
             chain = Chain(request_id, fence)
             retry = functools.partial(_retry, self, chain)
             try:
-                with _holding(api_class if capacity_first else None, slot):
+                with _holding(api_class if capacity_first else None, slot, self.request.eta):
                     outcome = body(chain)
             except StaleChain:
                 log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
@@ -284,10 +285,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _holding(api_class: str | None, slot: int | None):
-    """The slot a ``capacity_first`` step holds while it runs (none for other steps)."""
+def _holding(api_class: str | None, slot: int | None, eta: str | datetime | None = None):
+    """The slot a ``capacity_first`` step holds while it runs (none for other steps).
+
+    A message with a booked slot and an ETA also tells the limiter how late after its ETA it
+    started: the feeder sends the next ones that much ahead of their slot's instant.
+    """
     limiter = runtime().limiter if api_class else None
-    return limiter.hold(api_class, slot) if limiter is not None else nullcontext()
+    if limiter is None:
+        return nullcontext()
+    if slot is not None and eta is not None:
+        due = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+        due = due if due.tzinfo else due.replace(tzinfo=UTC)  # Celery's are UTC
+        limiter.record_pickup(api_class, (datetime.now(UTC) - due).total_seconds())
+    return limiter.hold(api_class, slot)
 
 
 def _retry(task, chain: Chain, transient_errors: int, seconds: float, jittered: bool = False):

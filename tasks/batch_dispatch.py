@@ -205,15 +205,18 @@ def _within(chunk: Sequence, calls: int) -> list:
 def _reserve(
     limiter: GlobalLimiter | None, chunk: Sequence, ahead: float
 ) -> tuple[list[tuple[int, float]], float]:
-    """The slots booked for the chunk's creates, as ``(entry, its instant, epoch seconds)``, and
-    when the next run should come (when the slot after them can be booked)."""
+    """The slots booked for the chunk's creates, as ``(entry, when to send its create, epoch
+    seconds)``, and when the next run should come (when the slot after them can be booked)."""
     wanted = sum(create_calls(chunk))
     if limiter is None or not wanted:
         return [], 0.0
     booked = limiter.reserve(CREATE_CLASS, wanted, ahead)
     # Instants, not countdowns: the chunk's transaction runs before the sends, and a countdown
-    # counted from the send would leave each slot idle that long.
-    booked_at = time.time()
+    # counted from the send would leave each slot idle that long. Each is moved a lead earlier:
+    # a message sent for an instant starts some time after it (a worker's timer, a free pool
+    # child), and the create then claims its row; it starts early instead, and its call waits
+    # for the slot's instant (the limiter holds it back), so that no slot idles for the pickup.
+    booked_at = time.time() - (limiter.lead(CREATE_CLASS) if any(booked.delays) else 0.0)
     instants = [booked_at + delay for delay in booked.delays]
     return list(zip(booked.entries, instants, strict=True)), max(booked.wait_seconds - ahead, 0.0)
 

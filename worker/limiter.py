@@ -17,6 +17,7 @@ come from Redis's clock, one clock for every machine, and a small margin absorbs
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -39,6 +40,18 @@ UNREACHABLE_WAIT_SECONDS = 2.0
 #: Redis failures that mean "not reachable now", as opposed to a bug in a script or a call.
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 log = logging.getLogger("bms.limiter")
+#: How late, after the instant it was sent for, a message that holds a booked slot starts (the
+#: pickup: a worker's timer, a free pool child) is sampled over this many latest runs; a booked
+#: create is sent that much ahead of its slot's instant (:meth:`GlobalLimiter.lead`).
+PICKUP_SAMPLES = 64
+#: The lead is the pickup this share of those runs stayed within...
+PICKUP_QUANTILE = 0.9
+#: ...and never more than this: a run that starts early waits for its instant in its pool
+#: child, and that wait must stay short.
+MAX_LEAD_SECONDS = 0.5
+#: A held slot whose instant is further off than this is not waited for in a pool child: it is
+#: given back, and the task comes back later (a message can start early only by the lead).
+MAX_EARLY_SECONDS = 1.0
 #: An entry in flight (unanswered, or booked and not used yet) keeps its slot this much longer
 #: than a window (at least): a booked create that runs late still finds its slot.
 GRACE_MIN_MS = 5000
@@ -136,9 +149,11 @@ return answer
 )
 
 # KEYS: the window, the back-off flag. ARGV: the entry, window + margin in ms.
-# A reservation handed over with a message: still in the window, it is stamped now (its call is
-# about to be made) and {0} is returned; {-1}: it has left the window (the message came late);
-# {ms}: a 429 pause forbids calls now (the entry is dropped).
+# A reservation handed over with a message: still in the window, {0, ms until its instant} is
+# returned (0: the instant has come; it is stamped now, its call is about to be made; a message
+# sent ahead of its slot's instant keeps the booked stamp and its call waits for that instant);
+# {-1}: it has left the window (the message came late); {ms}: a 429 pause forbids calls now (the
+# entry is dropped).
 _ADOPT = (
     _NOW_MS
     + """
@@ -150,7 +165,7 @@ end
 local stamp = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not stamp then return {-1} end
 if tonumber(stamp) < now then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1]) end
-return {0}
+return {0, math.max(tonumber(stamp) - now, 0)}
 """
 )
 
@@ -275,20 +290,33 @@ class GlobalLimiter:
         self._adopt = self._redis.register_script(_ADOPT)
         self._capacity = self._redis.register_script(_CAPACITY)
         self._windows = {api_class: _window(item, margin) for api_class, item in limits.items()}
-        #: Entries this task holds, by class: the next ``acquire`` of the class spends it.
-        self._held: ContextVar[dict[str, int] | None] = ContextVar("bms_held_slots", default=None)
+        #: Entries this task holds, by class, with the monotonic instant before which their
+        #: call must not be made: the next ``acquire`` of the class spends it.
+        self._held: ContextVar[dict[str, tuple[int, float]] | None] = ContextVar(
+            "bms_held_slots", default=None
+        )
+        #: How a call early for its slot waits for the slot's instant (tests replace it).
+        self.sleep: Callable[[float], None] = time.sleep
 
     def acquire(self, api_class: str) -> Callable[[], None]:
         """Spend one call of ``api_class``; call what it returns once the call's answer is in.
 
-        Inside :meth:`hold` of the class, the slot held is spent (no Redis round trip).
+        Inside :meth:`hold` of the class, the slot held is spent (no Redis round trip); if its
+        instant is still ahead (a message sent a lead ahead of it), this waits for the instant:
+        the call must not reach the cloud before it.
 
         :raises NoCapacity: the quota (or a back-off after a 429) forbids a call now, or
             (:class:`LimiterUnreachable`) the limiter cannot tell, its Redis being unreachable.
         """
         held = self._held.get()
         if held and api_class in held:
-            return self._completion(api_class, held.pop(api_class))
+            entry, due = held.pop(api_class)
+            early = due - time.monotonic()
+            if early > 0:
+                # Everything else of the step is done (row claimed, body built): only the call
+                # waits, so that it leaves at the slot's instant, not a pickup later.
+                self.sleep(early)
+            return self._completion(api_class, entry)
         return self._completion(api_class, self._take(api_class))
 
     def capacity(self, api_class: str) -> Capacity:
@@ -339,7 +367,7 @@ class GlobalLimiter:
         """
         slot = self._adopted(api_class, entry) if entry is not None else None
         if slot is None:
-            slot = self._take(api_class)
+            slot = (self._take(api_class), 0.0)
         held = dict(self._held.get() or {})
         held[api_class] = slot
         token = self._held.set(held)
@@ -349,17 +377,51 @@ class GlobalLimiter:
             left = held.pop(api_class, None)
             self._held.reset(token)
             if left is not None:
-                self.release(api_class, [left])
+                self.release(api_class, [left[0]])
 
-    def _adopted(self, api_class: str, entry: int) -> int | None:
-        """``entry`` when it still holds its slot (stamped now), ``None`` when it has left."""
+    def _adopted(self, api_class: str, entry: int) -> tuple[int, float] | None:
+        """``entry`` and the monotonic instant its call may be made at, when it still holds its
+        slot; ``None`` when it has left the window."""
         limit, window_ms, margin_ms = self._windows[api_class]
         keys = [_window_key(api_class), _backoff_key(api_class)]
         with _admitting(api_class):
-            (answer,) = self._adopt(keys=keys, args=[entry, window_ms + margin_ms])
-        if int(answer) > 0:
-            raise self._denied(api_class, int(answer) / 1000)
-        return entry if int(answer) == 0 else None
+            answer = [
+                int(value) for value in self._adopt(keys=keys, args=[entry, window_ms + margin_ms])
+            ]
+        if answer[0] > 0:
+            raise self._denied(api_class, answer[0] / 1000)
+        if answer[0] < 0:
+            return None
+        early = answer[1] / 1000
+        if early > MAX_EARLY_SECONDS:
+            # Not a wait for a pool child: the slot goes back, the task comes back later.
+            self.release(api_class, [entry])
+            raise self._denied(api_class, early)
+        # Counted from the answer's arrival: Redis said it a round trip ago, so the call waits
+        # a little longer than needed, never less.
+        return entry, time.monotonic() + early
+
+    def record_pickup(self, api_class: str, seconds: float) -> None:
+        """A run holding a booked slot of ``api_class`` started ``seconds`` after the instant its
+        message was sent for: a sample of the pickup that :meth:`lead` sends messages ahead by."""
+        key = _pickup_key(api_class)
+        with _bookkeeping(f"{api_class} pickup sample"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.lpush(key, max(int(seconds * 1000), 0))
+            pipe.ltrim(key, 0, PICKUP_SAMPLES - 1)
+            pipe.pexpire(key, 3600 * 1000)
+            pipe.execute()
+
+    def lead(self, api_class: str) -> float:
+        """How far ahead of its slot's instant a booked call's message should be sent: the
+        pickup most recent runs stayed within (0 before any was sampled), at most
+        ``MAX_LEAD_SECONDS``. The run waits for the instant itself (:meth:`acquire`)."""
+        with _bookkeeping(f"{api_class} pickup read"):
+            samples = sorted(int(ms) for ms in self._redis.lrange(_pickup_key(api_class), 0, -1))
+            if samples:
+                quantile = samples[min(int(len(samples) * PICKUP_QUANTILE), len(samples) - 1)]
+                return min(quantile / 1000, MAX_LEAD_SECONDS)
+        return 0.0
 
     def _take(self, api_class: str) -> int:
         limit, window_ms, margin_ms = self._windows[api_class]
@@ -436,6 +498,10 @@ def _window_key(api_class: str) -> str:
 def _grace_ms(span_ms: int) -> int:
     """How long past its window an entry still in flight keeps its slot."""
     return max(span_ms, GRACE_MIN_MS)
+
+
+def _pickup_key(api_class: str) -> str:
+    return f"{KEY_PREFIX}:pickup:{api_class}"
 
 
 def _answered_key(api_class: str) -> str:

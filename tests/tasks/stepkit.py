@@ -121,6 +121,11 @@ class StubLimiter:
     holds: list[tuple[str, int | None]] = field(default_factory=list)
     #: When set, ``hold`` finds no capacity for this many seconds (a 60 s window).
     denied: float | None = None
+    #: Pickups reported by runs holding a booked slot: (class, seconds after their ETA).
+    pickups: list[tuple[str, float]] = field(default_factory=list)
+
+    def record_pickup(self, api_class: str, seconds: float) -> None:
+        self.pickups.append((api_class, seconds))
 
     def back_off(self, api_class: str, seconds: float | None) -> None:
         self.backed_off.append((api_class, seconds))

@@ -7,7 +7,7 @@ the row while another tries to take it, and the second must wait for the first t
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -283,3 +283,16 @@ def test_a_create_spends_the_slot_reserved_for_it(bench):
 
     assert bench.limiter.holds == [("create", 41)]
     assert bench.client.count("create_servers") == 1
+
+
+def test_a_run_holding_a_booked_slot_reports_how_late_after_its_eta_it_started(bench):
+    sent_for = (datetime.now(UTC) - timedelta(seconds=30)).isoformat()  # Celery's ETA header
+
+    with base._holding("create", 41, sent_for):
+        pass
+    with base._holding("create", None, sent_for), base._holding("create", 42, None):
+        pass  # a slot taken on the spot, or one sent for no instant: nothing to learn from
+
+    assert [api_class for api_class, _seconds in bench.limiter.pickups] == ["create"]
+    assert bench.limiter.pickups[0][1] >= 30
+    assert bench.limiter.holds == [("create", 41), ("create", None), ("create", 42)]

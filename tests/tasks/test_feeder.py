@@ -316,3 +316,26 @@ def test_slots_that_free_soon_are_booked_and_their_creates_sent_for_that_instant
     now = datetime.now(UTC)
     assert len(caught) == 2 and None not in [slot for slot, _options in caught]
     assert all(55 < (options["eta"] - now).total_seconds() <= 61 for _slot, options in caught)
+
+
+def test_booked_creates_are_sent_a_lead_ahead_of_their_slots_instant(sessions, quota, monkeypatch):
+    for _ in range(2):
+        quota.acquire("create")()  # a full window of answered calls: both slots free in ~60 s
+    for _ in range(10):
+        quota.record_pickup("create", 0.3)  # creates started 0.3 s after their ETA lately
+    caught = []
+
+    def record(signature: Signature, *_args, **options):
+        if "request_id" in signature.kwargs:
+            caught.append((signature.kwargs["slot"], options["eta"].timestamp()))
+
+    monkeypatch.setattr(Signature, "apply_async", record)
+    batch_id = stored_batch(sessions, 2)
+
+    feed(sessions, quota, batch_id, 0, size=500, ahead=120)
+
+    assert len(caught) == 2
+    for slot, eta in caught:
+        instant = quota._redis.zscore("bms:limit:create", slot) / 1000  # the slot's own
+        # Sent ahead of it by the lead (the run waits for the instant before its call).
+        assert instant - 0.3 - 0.05 <= eta < instant - 0.2

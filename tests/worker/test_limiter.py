@@ -9,7 +9,13 @@ import pytest
 from limits import parse
 
 from bmsctl.processes import free_port, start_redis
-from worker.limiter import GlobalLimiter, LimiterUnreachable, NoCapacity
+from worker.limiter import (
+    MAX_LEAD_SECONDS,
+    PICKUP_SAMPLES,
+    GlobalLimiter,
+    LimiterUnreachable,
+    NoCapacity,
+)
 
 
 @pytest.fixture
@@ -252,3 +258,51 @@ def test_a_call_admitted_before_redis_went_away_keeps_its_answer(tmp_path):
     completed()
     holding.__exit__(None, None, None)
     limiter.back_off("create", 5.0)
+
+
+def test_a_booked_slot_held_before_its_instant_makes_its_call_wait_for_it(limiter):
+    answered(limiter, "create", 5)  # a full window: the next slots free within a second
+    time.sleep(0.3)
+    booked = limiter.reserve("create", 1, ahead=2.0)
+    (entry,), (delay,) = booked.entries, booked.delays
+    stamp = limiter._redis.zscore("bms:limit:create", entry)
+    waited = []
+    limiter.sleep = waited.append  # the run started a lead ahead of the slot's instant
+
+    with limiter.hold("create", entry):
+        # Held, not moved to now: the slot is not taken before its instant.
+        assert limiter._redis.zscore("bms:limit:create", entry) == stamp
+        limiter.acquire("create")()
+
+    assert len(waited) == 1 and 0 < waited[0] <= delay
+
+
+def test_a_held_slot_due_now_is_spent_without_waiting(limiter):
+    (entry,) = limiter.reserve("create", 1).entries
+    waited = []
+    limiter.sleep = waited.append
+    with limiter.hold("create", entry):
+        limiter.acquire("create")()
+    assert waited == []
+
+
+def test_a_held_slot_far_ahead_is_given_back_not_waited_for_in_a_pool_child(limiter):
+    answered(limiter, "show", 3)  # 3/minute: the next slot frees in about a minute
+    (entry,) = limiter.reserve("show", 1, ahead=120.0).entries
+    with pytest.raises(NoCapacity) as denied, limiter.hold("show", entry):
+        pytest.fail("must not run that early")
+    assert denied.value.wait_seconds > 30
+    assert limiter._redis.zscore("bms:limit:show", entry) is None  # given back
+
+
+def test_the_lead_is_the_pickup_most_runs_stayed_within_and_is_bounded(limiter):
+    assert limiter.lead("create") == 0  # nothing sampled: sent for the instant itself
+    for seconds in [0.01] * 9 + [0.2]:
+        limiter.record_pickup("create", seconds)
+    assert limiter.lead("create") == 0.2  # the 90% quantile of the last samples
+    for _ in range(PICKUP_SAMPLES):
+        limiter.record_pickup("create", 0.03)
+    assert limiter.lead("create") == 0.03  # only the latest samples count
+    for _ in range(PICKUP_SAMPLES):
+        limiter.record_pickup("create", 30.0)
+    assert limiter.lead("create") == MAX_LEAD_SECONDS
