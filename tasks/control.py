@@ -27,6 +27,7 @@ from models.db import session_scope
 from models.records import AttachmentState, Batch, ServerRequest, transition, watched_clause
 from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
 from tasks.base import give_up
+from tasks.group_create import reconcile_groups
 from tasks.plan import STEP_OF_TASK, next_signature, next_task_name
 from worker.runtime import runtime
 
@@ -127,14 +128,16 @@ def _undispatched() -> ColumnElement[bool]:
 
 @shared_task(name="bms.reconcile", ignore_result=True, acks_late=True)
 def reconcile() -> int:
-    """Beat task: rebuild the chain of every request that stopped moving."""
+    """Beat task: rebuild the chain of every request that stopped moving, and watch again
+    every count group no chain watches (``tasks.group_create.reconcile_groups``)."""
     current = runtime()
     idle_seconds = current.settings.reconcile_after_seconds
     with session_scope(current.sessions) as session:
         stalled = stalled_request_ids(session, idle_seconds)
     if stalled:
         log.warning("reconciler: rebuilding %d stalled chain(s)", len(stalled))
-    return dispatch(
+    groups = reconcile_groups(current.sessions, idle_seconds)
+    return groups + dispatch(
         current.sessions,
         stalled,
         idle_before=utcnow() - timedelta(seconds=idle_seconds),

@@ -66,7 +66,7 @@ from tasks.base import Chain, Next, StaleChain, Wait, advance, fail, handoff, st
 from tasks.create import CreateOutcomes, create_server, post_create
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.grouping import COUNT_NAME, group_key, plan_groups
-from tasks.plan import next_signature
+from tasks.plan import next_signature, step_signature
 from tasks.poll import _create_done, _create_failed, _CreateFailure, _record, _still_running
 from tasks.timing import DEADLINES, create_backoff, first_poll
 from worker.runtime import runtime
@@ -248,6 +248,84 @@ def create_group(chain: Chain) -> Next | None:
     if path == "group" or (path == "regroup" and regroup(chain)):
         return create_member(chain)
     return create_server(chain)
+
+
+# -- a group no chain watches ------------------------------------------------------------------
+
+
+def silent_group_ids(session: Session, idle_seconds: float) -> list[uuid.UUID]:
+    """Groups whose call may have made servers but that nothing has moved for ``idle_seconds``:
+    a job whose poll is silent, or an intent whose answer was never recorded."""
+    cutoff = utcnow() - timedelta(seconds=idle_seconds)
+    query = select(CreateGroup.id).where(
+        ((CreateGroup.state == G.POSTED) & (CreateGroup.polled_at < cutoff))
+        | ((CreateGroup.state == G.PLANNED) & (CreateGroup.intent_at < cutoff))
+    )
+    return list(session.scalars(query.order_by(CreateGroup.updated_at).limit(1000)))
+
+
+def restart_group(
+    sessions: sessionmaker[Session], group_id: uuid.UUID, idle_seconds: float
+) -> Signature | None:
+    """The group's step for one of the members its call includes, when no member's own chain
+    would bring it back (the request reconciler restarts a BUILDING or CREATING member, which
+    watches the group; it leaves cancelled and ended ones alone). So a group whose members
+    were all cancelled after its POST, its poll message lost, is still watched to its end,
+    and the servers it made are deleted.
+
+    One transaction: the group locked, then its members; the chosen member's token advanced
+    and, for a posted group, the poll lease given to it (silent since: no other poller).
+    """
+    with session_scope(sessions) as session:
+        group = session.scalar(
+            select(CreateGroup).where(CreateGroup.id == group_id).with_for_update()
+        )
+        cutoff = utcnow() - timedelta(seconds=idle_seconds)
+        silent_since = (
+            group.polled_at if group is not None and group.state is G.POSTED
+            else group.intent_at if group is not None and group.state is G.PLANNED
+            else None
+        )  # fmt: skip
+        if silent_since is None or as_utc(silent_since) >= cutoff:
+            return None  # moved since it was found silent, or done
+        members = list(
+            session.scalars(
+                select(ServerRequest)
+                .where(ServerRequest.group_id == group_id)
+                .order_by(ServerRequest.group_index)
+                .with_for_update()
+            )
+        )
+        included = [m for m in members if m.cloud_name is not None]
+        if not included or any(m.state in (S.BUILDING, S.CREATING) for m in included):
+            return None  # the request reconciler restarts those, and they watch the group
+        member = included[0]
+        advance(member)
+        record_note(session, member, f"group {group.marker} silent: watched again")
+        if group.state is G.POSTED:
+            group.poller_id, group.polled_at = member.id, utcnow()
+            return step_signature("bms.poll_group_job", member)
+        return step_signature("bms.create_group", member)
+
+
+def reconcile_groups(sessions: sessionmaker[Session], idle_seconds: float) -> int:
+    """The reconciler's part for groups: returns how many it restarted."""
+    with session_scope(sessions) as session:
+        silent = silent_group_ids(session, idle_seconds)
+    restarted = 0
+    for group_id in silent:
+        signature = restart_group(sessions, group_id, idle_seconds)
+        if signature is None:
+            continue
+        try:
+            signature.apply_async()
+        except BrokerError as exc:
+            log.warning("broker unreachable (%s): the next run restarts the rest", exc)
+            break
+        restarted += 1
+    if restarted:
+        log.warning("reconciler: %d silent group(s) watched again", restarted)
+    return restarted
 
 
 # -- a retry re-enters grouping ---------------------------------------------------------------

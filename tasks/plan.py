@@ -114,6 +114,11 @@ def next_signature(request: ServerRequest, countdown: float | None = None) -> Si
     name = next_task_name(request)
     if name is None:
         return None
+    return step_signature(name, request, countdown)
+
+
+def step_signature(name: str, request: ServerRequest, countdown: float | None = None) -> Signature:
+    """The step ``name`` of ``request`` as an immutable signature (its id and fencing token)."""
     kwargs = {"request_id": str(request.id), "fence": request.fence}
     # ignore_result: a sender that does not know the task (the API, the CLI) would otherwise
     # subscribe to a result that never comes, once per message.

@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+import redis
+from sqlalchemy import select
 
+from models.db import session_scope
+from models.records import CreateGroup, GroupState
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState
 from tasks.control import cancel
+from tasks.group_create import reconcile_groups
 from tests.factories import server
 from worker.fault_hooks import KILL_AFTER_CREATE_POST
 
@@ -138,3 +143,34 @@ def test_a_cancelled_member_has_only_its_server_deleted(stack_factory):
     assert calls(stack, "create") == 1
     made = live(stack)
     assert sorted(s["name"] for s in made) == ["cut-0000", "cut-0002", "cut-0003"]
+
+
+def test_a_group_cancelled_whole_after_its_post_with_its_poll_lost_has_its_servers_deleted(
+    stack_factory,
+):
+    stack = stack_factory(job_seconds=(1.0, 1.5))
+    worker = stack.start_worker("first", concurrency=2)
+    submitted = stack.submit({"name": "leak", "servers": [server(name="gone", count=3)]})
+
+    def posted() -> bool:
+        return all(r.state is S.BUILDING for r in stack.requests(submitted.batch_id))
+
+    stack.wait_for(posted, 60, "the group's create to be accepted")
+    worker.stop()
+    worker.expected_dead = True
+    redis.Redis.from_url(stack.redis_url).flushall()  # the group's poll message is lost
+    requests = stack.requests(submitted.batch_id)
+    assert cancel(stack.sessions, [r.id for r in requests]) == [r.id for r in requests]
+    stack.start_worker("second", concurrency=2)
+
+    assert reconcile_groups(stack.sessions, idle_seconds=0) == 1  # as the beat task runs it
+
+    def group_done() -> bool:
+        with session_scope(stack.sessions) as session:
+            return session.scalar(select(CreateGroup.state)) is GroupState.DONE
+
+    stack.wait_for(group_done, 60, "the group's job to be watched to its end")
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=120)
+    assert [r.state for r in requests] == [S.CANCELLED] * 3
+    assert calls(stack, "create") == 1
+    assert live(stack) == []  # every server the group's job made is deleted

@@ -8,6 +8,7 @@ from datetime import timedelta
 from unittest.mock import patch
 
 import pytest
+from celery.canvas import Signature
 from sqlalchemy import select
 
 from bms.client import CreateResult, ServerPage
@@ -22,6 +23,7 @@ from models.records import (
     GroupState,
     ServerRequest,
     record_creation,
+    watched_clause,
 )
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
@@ -485,3 +487,71 @@ def test_the_plan_names_the_group_create_only_while_the_group_makes_the_member(b
     assert next_task_name(bench.get(ids[1])) == "bms.create_group"  # with its peers, if any
     bench.set(ids[1], create_intent_at=utcnow())  # its own create is under way: its own step
     assert next_task_name(bench.get(ids[1])) == "bms.create_server"
+
+
+def silent(bench, request_id, **fields) -> None:
+    """The group's rows as an hour without news leaves them."""
+    with session_scope(bench.sessions) as session:
+        group = session.get(CreateGroup, session.get(ServerRequest, request_id).group_id)
+        for name, value in fields.items():
+            setattr(group, name, value)
+
+
+def test_a_group_whose_members_are_all_cancelled_after_its_post_and_its_poll_lost_is_watched(
+    bench, sent
+):
+    ids = add_group(bench, 2)
+    bench.client.on("create_servers", CreateResult("job-g"))
+    create_group(bench.chain(ids[0]))  # the poll it names is lost: never run
+    assert cancel(bench.sessions, ids) == ids
+    marker = group_of(bench, ids[0]).marker
+    # Nothing of its own left for the request reconciler: no job, no intent, no server.
+    assert [next_task_name(bench.get(i)) for i in ids] == [None, None]
+    with session_scope(bench.sessions) as session:
+        assert session.scalars(select(ServerRequest.id).where(watched_clause())).all() == []
+    assert group_create.reconcile_groups(bench.sessions, idle_seconds=600) == 0  # not silent yet
+
+    silent(bench, ids[0], polled_at=utcnow() - timedelta(hours=1))
+    with patch.object(Signature, "apply_async") as sends:
+        assert group_create.reconcile_groups(bench.sessions, idle_seconds=600) == 1
+    assert sends.call_count == 1
+    assert group_of(bench, ids[0]).poller_id == ids[0]  # the lease given to the one restarted
+    poll = Chain(str(ids[0]), bench.get(ids[0]).fence)  # the message it sent
+    bench.client.on("show_job", group_job(("SUCCESS", "srv-0", None), ("SUCCESS", "srv-1", None)))
+    bench.client.on("list_servers", servers(marker, ("web-0000", "srv-0"), ("web-0001", "srv-1")))
+
+    outcome = poll_group_job(poll)
+
+    assert next_task(outcome) == "bms.delete_server"
+    assert [bench.get(i).cleanup_server_id for i in ids] == ["srv-0", "srv-1"]
+    assert [s.task for s in sent] == ["bms.delete_server"]
+    assert group_of(bench, ids[0]).state is GroupState.DONE
+    assert group_create.reconcile_groups(bench.sessions, idle_seconds=0) == 0
+
+
+def test_the_group_reconciler_leaves_a_group_a_member_chain_watches(bench, sent):
+    ids = add_group(bench, 2)
+    bench.client.on("create_servers", CreateResult("job-g"))
+    create_group(bench.chain(ids[0]))
+    cancel(bench.sessions, [ids[1]])  # ids[0] is BUILDING: the request reconciler has it
+    silent(bench, ids[0], polled_at=utcnow() - timedelta(hours=1))
+
+    assert group_create.restart_group(bench.sessions, group_of(bench, ids[0]).id, 600) is None
+
+
+def test_a_silent_intent_of_cancelled_members_is_looked_up_by_marker(bench, sent):
+    ids = add_group(bench, 2)
+    bench.client.on("create_servers", CloudConnectionError("dropped", "POST", "/x"))
+    with pytest.raises(CloudConnectionError):
+        create_group(bench.chain(ids[0]))  # the answer is lost; its retry is lost too
+    cancel(bench.sessions, ids)
+    marker = group_of(bench, ids[0]).marker
+    silent(bench, ids[0], intent_at=utcnow() - timedelta(hours=1))
+
+    signature = group_create.restart_group(bench.sessions, group_of(bench, ids[0]).id, 600)
+
+    assert signature.task == "bms.create_group"
+    bench.client.on("list_servers", servers(marker, ("web-0000", "srv-0"), ("web-0001", "srv-1")))
+    create_group(Chain(str(ids[0]), signature.kwargs["fence"]))
+    assert [bench.get(i).cleanup_server_id for i in ids] == ["srv-0", "srv-1"]
+    assert bench.client.count("create_servers") == 1  # looked up, never posted again
