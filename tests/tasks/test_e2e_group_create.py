@@ -82,6 +82,46 @@ def recorded_creates(stack) -> list[tuple[str, int, str]]:
     return made
 
 
+def test_the_create_bodies_the_simulator_receives_follow_the_grouping_rules(stack_factory):
+    stack = stack_factory()
+    creates = recorded_creates(stack)
+    stack.start_worker("all", concurrency=4)
+    subnet = "c1d0e0f0-0000-4000-8000-0000000000b1"  # the catalog's 192.168.1.0/24
+
+    def fixed(host: int) -> dict:
+        return {"subnet_id": subnet, "ip_address": f"192.168.1.{host}"}
+
+    other_tags = [{"key": "role", "value": "other"}]
+    servers = [
+        server(name="web", count=3),  # one call of 3, under its own base name
+        # Named as a count names them, but a fixed IP each: one call each.
+        *(server(name=f"fix-{i:04d}", nics=[fixed(50 + i)]) for i in range(2)),
+        server(name="solo"),  # a name of its own
+        server(name="mix-0000"),  # count names, but the bodies differ beyond the name
+        server(name="mix-0001", tags=None, server_tags=other_tags),
+        server(name="app-0000"),  # entries named as a count names them, identical bodies
+        server(name="app-0001"),
+    ]
+    submitted = stack.submit({"name": "rules", "servers": servers})
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=180)
+
+    assert [r.state for r in requests] == [S.ACTIVE] * 10
+    sent = sorted((name, count) for name, count, _marker in creates)
+    assert sent == [
+        ("app", 2),
+        ("fix-0000", 1),
+        ("fix-0001", 1),
+        ("mix-0000", 1),
+        ("mix-0001", 1),
+        ("solo", 1),
+        ("web", 3),
+    ]
+    assert len({marker for _name, _count, marker in creates}) == len(creates)  # one each
+    assert calls(stack, "update") == 0  # every server made under its final name
+    assert sorted(s["name"] for s in live(stack)) == sorted(r.name for r in requests)
+
+
 def test_failed_sub_jobs_are_retried_together_and_the_built_servers_go_on(stack_factory):
     stack = stack_factory(count_fail_share=0.4)
     creates = recorded_creates(stack)
