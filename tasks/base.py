@@ -9,7 +9,8 @@ handles what is common to all steps:
   without spending the failure budget; a step registered with ``capacity_first`` (create) holds
   its slot before it touches the row (a reservation handed over in ``slot``, or one taken
   then), so a run that must wait costs one Redis call, and its retry is spread over the
-  class's window;
+  class's window. A message waiting that long tells the reconciler it is alive (see
+  :func:`_keep_alive`), so a long queue for quota is never taken for a lost chain;
 - a step that asks to wait (polling, backoff): re-scheduled with its countdown;
 - a transient cloud error: retried with backoff, counted in ``transient_errors``; past the
   budget the request is FAILED at that step;
@@ -31,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,11 +43,12 @@ from datetime import UTC, datetime
 import redis
 from celery import shared_task
 from celery.canvas import Signature
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bms.exceptions import CloudAPIError, CloudError, Throttled
+from models.base import utcnow
 from models.db import session_scope
 from models.records import ServerRequest, StrayServer, record_note, transition
 from models.states import ALLOWED_TRANSITIONS, RequestState, Step
@@ -62,6 +65,9 @@ S = RequestState
 MAX_TRANSIENT_ERRORS = 6
 #: Our own infrastructure unreachable for now: the database, or Redis outside the limiter.
 INFRASTRUCTURE_DOWN = (OperationalError, redis.ConnectionError, redis.TimeoutError)
+#: How many times per ``BMS_RECONCILE_AFTER_SECONDS`` a message waiting for quota says it is
+#: alive: often enough that a late run or a clock step never lets the reconciler in first.
+KEEP_ALIVES_PER_PATIENCE = 3
 #: The code recorded for an exception that is not a cloud error (a bug, an unreadable answer).
 INTERNAL_ERROR_CODE = "ORCH.INTERNAL"
 
@@ -226,10 +232,16 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
         )
         @functools.wraps(body)
         def run(
-            self, *, request_id: str, fence: int, transient_errors: int = 0, slot: int | None = None
+            self,
+            *,
+            request_id: str,
+            fence: int,
+            transient_errors: int = 0,
+            slot: int | None = None,
+            alive_at: float | None = None,
         ) -> None:
             chain = Chain(request_id, fence)
-            retry = functools.partial(_retry, self, chain)
+            retry = functools.partial(_retry, self, chain, alive_at=alive_at)
             try:
                 with _holding(api_class if capacity_first else None, slot, self.request.eta):
                     outcome = body(chain)
@@ -237,6 +249,11 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
                 log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
                 return
             except NoCapacity as exc:
+                alive_at = _keep_alive(chain, alive_at)
+                if alive_at is None:
+                    log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
+                    return
+                retry = functools.partial(_retry, self, chain, alive_at=alive_at)
                 if not capacity_first:  # a poll comes back as soon as its class allows
                     raise retry(transient_errors, exc.wait_seconds) from None
                 wait = spread(exc.wait_seconds, exc.window_seconds)
@@ -301,11 +318,44 @@ def _holding(api_class: str | None, slot: int | None, eta: str | datetime | None
     return limiter.hold(api_class, slot)
 
 
-def _retry(task, chain: Chain, transient_errors: int, seconds: float, jittered: bool = False):
+def _keep_alive(chain: Chain, alive_at: float | None) -> float | None:
+    """When the row was last touched for this waiting message, touching it again when the
+    reconciler would soon take the request for stalled; ``None``: the message is stale.
+
+    The reconciler rebuilds a request whose row has not changed for
+    ``BMS_RECONCILE_AFTER_SECONDS``, and ends it after ``BMS_MAX_RESTARTS`` rebuilds. A message
+    that waits for quota (say 2,000 attaches at 100 a minute) changes nothing meanwhile, so it
+    says it is alive a few times per that period: one UPDATE, none while the last is recent.
+    """
+    now = time.time()
+    patience = runtime().settings.reconcile_after_seconds
+    if alive_at is not None and now - alive_at < patience / KEEP_ALIVES_PER_PATIENCE:
+        return alive_at
+    with session_scope(runtime().sessions) as session:
+        touched = session.execute(
+            update(ServerRequest)
+            .where(ServerRequest.id == uuid.UUID(chain.request_id))
+            .where(ServerRequest.fence == chain.fence)
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return now if touched else None
+
+
+def _retry(
+    task,
+    chain: Chain,
+    transient_errors: int,
+    seconds: float,
+    jittered: bool = False,
+    *,
+    alive_at: float | None = None,
+):
     kwargs = {
         "request_id": chain.request_id,
         "fence": chain.fence,
         "transient_errors": transient_errors,
+        "alive_at": alive_at,
     }
     countdown = clamp(seconds if jittered else jitter(seconds))
     return task.retry(kwargs=kwargs, countdown=countdown, max_retries=None)

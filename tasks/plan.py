@@ -7,6 +7,8 @@ way. So a chain that Celery lost (a dropped step, a purged queue) is rebuilt fro
 
 from __future__ import annotations
 
+import time
+
 from celery.canvas import Signature
 
 from models.records import AttachmentState, ServerRequest
@@ -119,7 +121,8 @@ def next_signature(request: ServerRequest, countdown: float | None = None) -> Si
 
 def step_signature(name: str, request: ServerRequest, countdown: float | None = None) -> Signature:
     """The step ``name`` of ``request`` as an immutable signature (its id and fencing token)."""
-    kwargs = {"request_id": str(request.id), "fence": request.fence}
+    # alive_at: when the row was last touched (this hand-off), for the wrapper's keep-alive.
+    kwargs = {"request_id": str(request.id), "fence": request.fence, "alive_at": time.time()}
     # ignore_result: a sender that does not know the task (the API, the CLI) would otherwise
     # subscribe to a result that never comes, once per message.
     options = {"countdown": countdown} if countdown else {}

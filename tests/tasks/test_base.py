@@ -7,24 +7,28 @@ the row while another tries to take it, and the second must wait for the first t
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from bms.client import ServerPage
 from bms.exceptions import BadRequest, CloudConnectionError, Throttled
 from models.base import as_utc, utcnow
-from models.records import transition
+from models.db import session_scope
+from models.records import ServerRequest, transition
 from models.states import RequestState, Step
 from tasks import base
+from tasks.attach import attach_volume
 from tasks.base import Chain, StaleChain, advance, claim
 from tasks.cleanup import delete_server
-from tasks.control import cancel
+from tasks.control import cancel, stalled_request_ids
 from tasks.create import create_server
 from tasks.poll import poll_create_job
 from tests.tasks.stepkit import job
+from worker.limiter import NoCapacity
 
 S = RequestState
 #: How long the holder keeps the row while the other thread tries for it. The check is that
@@ -35,11 +39,12 @@ HOLD_SECONDS = 1.0
 
 @pytest.fixture
 def retries(monkeypatch):
-    """The re-runs the wrapper asks Celery for, as (fence, transient_errors, seconds)."""
+    """The re-runs the wrapper asks Celery for, as (fence, transient_errors, seconds,
+    alive_at)."""
     asked = []
 
-    def record(_task, chain, transient_errors, seconds, **_options):
-        asked.append((chain.fence, transient_errors, seconds))
+    def record(_task, chain, transient_errors, seconds, *, alive_at=None, **_options):
+        asked.append((chain.fence, transient_errors, seconds, alive_at))
         return RuntimeError("re-run scheduled")
 
     monkeypatch.setattr(base, "_retry", record)
@@ -84,7 +89,7 @@ def test_redis_unreachable_mid_step_is_retried_and_never_fails_the_request(bench
     with pytest.raises(RuntimeError, match="re-run scheduled"):
         run_task(poll_create_job, request_id, fence, transient_errors=2)
 
-    assert retries == [(fence, 3, pytest.approx(4.0))]
+    assert [r[:3] for r in retries] == [(fence, 3, pytest.approx(4.0))]
     stored = bench.get(request_id)
     assert stored.state is S.BUILDING and stored.job_id == "job-1"
     assert stored.last_error_code is None
@@ -236,7 +241,7 @@ def test_lost_create_answers_end_the_request_despite_the_lookup_grace(bench, ret
         try:
             run_task(create_server, request_id, fence, transient_errors=errors)
         except RuntimeError:
-            fence, errors, seconds = retries[0]
+            fence, errors, seconds, _alive_at = retries[0]
             intent = bench.get(request_id).create_intent_at
             if intent is not None:  # the countdown passes
                 bench.set(request_id, create_intent_at=as_utc(intent) - timedelta(seconds=seconds))
@@ -260,7 +265,7 @@ def test_a_create_without_capacity_touches_no_row_and_comes_back_spread_over_the
     try:
         for _ in range(20):
             with pytest.raises(RuntimeError, match="re-run scheduled"):
-                run_task(create_server, request_id, before.fence)
+                run_task(create_server, request_id, before.fence, alive_at=time.time())
     finally:
         event.remove(engine, "before_cursor_execute", listener)
 
@@ -269,7 +274,7 @@ def test_a_create_without_capacity_touches_no_row_and_comes_back_spread_over_the
     assert (after.state, after.fence, after.attempt, after.updated_at) == (
         S.PENDING, before.fence, 0, before.updated_at,
     )  # fmt: skip
-    waits = [seconds for _fence, _errors, seconds in retries]
+    waits = [seconds for _fence, _errors, seconds, _alive_at in retries]
     # Each comes back when the slot frees plus a share of the 60 s window: not all at once.
     assert all(30 <= wait <= 90 for wait in waits) and len(set(waits)) == len(waits)
     assert max(waits) - min(waits) > 10
@@ -296,3 +301,73 @@ def test_a_run_holding_a_booked_slot_reports_how_late_after_its_eta_it_started(b
     assert [api_class for api_class, _seconds in bench.limiter.pickups] == ["create"]
     assert bench.limiter.pickups[0][1] >= 30
     assert bench.limiter.holds == [("create", 41), ("create", None), ("create", 42)]
+
+
+# -- waiting for quota longer than the reconciler's patience ----------------------------------
+
+
+def make_idle(bench, request_id, seconds: float) -> None:
+    """The row last touched ``seconds`` ago, as after a long wait in the queue."""
+    with session_scope(bench.sessions) as session:
+        session.execute(
+            update(ServerRequest)
+            .where(ServerRequest.id == request_id)
+            .values(updated_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def stalled(bench) -> list:
+    with session_scope(bench.sessions) as session:
+        return stalled_request_ids(session, bench.settings.reconcile_after_seconds)
+
+
+def test_a_step_waiting_for_quota_keeps_its_request_off_the_reconcilers_list(bench, retries):
+    # 2,000 attaches at 100 a minute: a request may wait 20 minutes for its slot. Its message
+    # is alive all along; rebuilt as stalled every 10 minutes, it used to be ended after
+    # BMS_MAX_RESTARTS rebuilds (ORCH.STALLED) with nothing wrong but the queue.
+    patience = bench.settings.reconcile_after_seconds
+    request_id = bench.add(S.ATTACHING, server_id="srv-1", volumes=1)
+    fence = bench.get(request_id).fence
+    make_idle(bench, request_id, patience + 1)
+    bench.client.on("attach_volume", NoCapacity("attach", 30.0, 60.0))
+
+    with pytest.raises(RuntimeError, match="re-run scheduled"):
+        run_task(attach_volume, request_id, fence, alive_at=time.time() - patience)
+
+    assert stalled(bench) == []
+    [(retry_fence, _errors, _seconds, alive_at)] = retries
+    assert retry_fence == fence and alive_at == pytest.approx(time.time(), abs=5)
+
+
+def test_a_recent_keep_alive_costs_no_statement_and_is_carried_on(bench, retries):
+    request_id = bench.add(S.PENDING)
+    fence = bench.get(request_id).fence
+    bench.limiter.denied = 30.0
+    alive_at = time.time() - 5
+    statements = []
+    engine = bench.sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with pytest.raises(RuntimeError, match="re-run scheduled"):
+            run_task(create_server, request_id, fence, alive_at=alive_at)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+    assert statements == []
+    assert retries[0][3] == alive_at
+
+
+def test_a_stale_message_waiting_for_quota_stops_at_its_keep_alive(bench, retries):
+    # Rebuilt by the reconciler meanwhile (token advanced): this copy must not wait on.
+    request_id = bench.add(S.PENDING)
+    fence = bench.get(request_id).fence
+    with session_scope(bench.sessions) as session:
+        advance(session.get(ServerRequest, request_id))
+    bench.limiter.denied = 30.0
+    before = bench.get(request_id).updated_at
+
+    run_task(create_server, request_id, fence, alive_at=None)
+
+    assert retries == []
+    assert bench.get(request_id).updated_at == before
