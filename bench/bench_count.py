@@ -43,6 +43,7 @@ import redis
 
 from bench.bench_limiter import (
     BENCH_SUBNET,
+    cpu_seconds,
     scaled_quotas,
     spec,
     stop_all,
@@ -74,7 +75,8 @@ class Result:
     first_attach: float = 0.0
     last_attach: float = 0.0
     #: Task runs per task, limiter denials per class, attach admissions per 20 s.
-    runs: dict[str, int] = field(default_factory=dict)
+    runs: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
     limiter_waits: dict[str, int] = field(default_factory=dict)
     attach_per_bucket: list[int] = field(default_factory=list)
 
@@ -187,6 +189,7 @@ def run_variant(args, name: str, group_max: int, redis_url: str, directory: Path
         wait_ready(app, workers)
         sessions = make_session_factory(engine)
         result = measure(args, name, group_max, sessions, workers, volume_ids)
+        result.cpu_seconds = cpu_seconds(workers)
         started = result.last_create
         creates, attaches = admitted["create"], admitted["attach"]
         result.last_create = (creates[-1] - started) if creates else 0.0
@@ -202,19 +205,23 @@ def run_variant(args, name: str, group_max: int, redis_url: str, directory: Path
 BUCKET_SECONDS = 20.0
 
 
-def task_runs(redis_url: str) -> tuple[dict[str, int], dict[str, int]]:
+def task_runs(redis_url: str) -> tuple[dict[str, float], dict[str, int]]:
     """Task runs per task (every outcome) and limiter denials per class, from the workers'
     counters in Redis (``worker.metrics``)."""
     from worker.metrics import LIMITER_WAITS, STEPS
 
     client = redis.Redis.from_url(redis_url)
     runs: dict[str, int] = {}
+    seconds: dict[str, float] = {}
     for key, value in client.hgetall(STEPS).items():
         task, _outcome, what = key.decode().rsplit("|", 2)
         if what == "count":
             runs[task] = runs.get(task, 0) + int(value)
+        elif what == "sum":
+            seconds[task] = seconds.get(task, 0.0) + float(value)
     waits = {k.decode(): int(v) for k, v in client.hgetall(LIMITER_WAITS).items()}
-    return runs, waits
+    busy = {task: round(total, 1) for task, total in seconds.items()}
+    return runs | {f"{task} busy s": value for task, value in busy.items()}, waits
 
 
 def per_bucket(times: list[float], width: float) -> list[int]:
@@ -323,6 +330,19 @@ def lower_bound(args, servers: int) -> tuple[str, float]:
     return busiest, times[busiest]
 
 
+def per_second_of(args, api_class: str) -> float:
+    from limits import parse
+
+    from bench.bench_limiter import per_second
+
+    return per_second(parse(quotas_of(args)[api_class]))
+
+
+def volumes_title(args) -> str:
+    window = "1 second" if args.window == 1 else f"{args.window} seconds"
+    return f"{VOLUMES_SECTION}, {args.volumes} volumes each, quota windows of {window}"
+
+
 def volumes_section(args, results: list[Result], command: str) -> str:
     rows = [
         "| variant | create calls | attach calls | update calls | 429s | last create admitted |"
@@ -346,10 +366,18 @@ def volumes_section(args, results: list[Result], command: str) -> str:
         f" {quotas_of(args)[busiest]}): {bound:.0f} s; makespan ≤ 1.1 × that"
         f" ({1.1 * bound:.0f} s): **{first.finished:.1f} s = {first.finished / bound:.3f} ×**",
         f"- throttled calls (429) 0: **{first.throttled()}**",
+        "",
+        f"Where the time went: attach calls admitted per {BUCKET_SECONDS:g} s (the quota allows"
+        f" {per_second_of(args, 'attach') * BUCKET_SECONDS:.0f}):"
+        f" {', '.join(str(n) for n in first.attach_per_bucket)}; limiter denials"
+        f" {first.limiter_waits}; worker CPU {first.cpu_seconds:.0f} s over"
+        f" {first.finished:.0f} s ({first.cpu_seconds / max(first.finished, 1):.2f} cores);"
+        " task runs (and seconds busy): "
+        + ", ".join(f"{task.removeprefix('bms.')} {n:g}" for task, n in sorted(first.runs.items())),
     ]
     return "\n".join(
         [
-            VOLUMES_SECTION + f", {args.volumes} volumes each",
+            volumes_title(args),
             "",
             f"`{command}`",
             "",
@@ -422,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         text = volumes_section(args, results, command)
         print(text)
         if not args.no_write:
-            write_section(text, VOLUMES_SECTION)
+            write_section(text, volumes_title(args))
     elif len(results) == 2:
         text = section(args, results, command)
         print(text)

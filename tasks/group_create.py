@@ -24,11 +24,12 @@ Servers with the marker that no member takes are queued as strays.
 
 Poll (:func:`poll_group_job`): one member polls for the group (a lease on the group row:
 another member takes over only once the poll has been silent for the reconciler's idle time);
-each poll marks every member as moving, so the reconciler leaves them alone. When the job ends
-the servers are matched to members by name (``list_servers`` of the base name, marker checked)
-and by sub_job: a built member goes on to attach and tags, a failed one is cleaned up and
-retried on its own (the one-by-one path, under its final name, same attempt budget and error
-codes), a cancelled one has its server deleted.
+each poll marks every member as moving, so the reconciler leaves them alone. The servers are
+matched to members by name (``list_servers`` of the base name, marker checked) and by sub_job:
+a member whose sub_job succeeded goes on to attach and tags as soon as a poll sees it (the job
+ends only with its slowest sub_job); when the job ends, a failed one is cleaned up and retried
+(with its peers that need a retry too, see :func:`regroup`, else on its own; same attempt
+budget and error codes), a cancelled one has its server deleted.
 """
 
 from __future__ import annotations
@@ -651,9 +652,10 @@ def poll_group_job(chain: Chain) -> Next | None:
             return None
         group.poller_id, group.polled_at = request.id, utcnow()
         job_id, cloud_base, marker = group.job_id, group.cloud_base, group.marker
+        handed = {m.server_id for m in held.included() if m.server_id}
     job = runtime().client.show_job(job_id)
     servers = ({}, [])
-    if job.outcome is not JobOutcome.RUNNING:
+    if job.outcome is not JobOutcome.RUNNING or _built(job) - handed:
         servers = _listed_with_marker(cloud_base, marker)
     wait = None
     with claim_group(chain) as held:
@@ -665,6 +667,7 @@ def poll_group_job(chain: Chain) -> Next | None:
             wait = _still_running(cloud_job)
             if wait is None:
                 return _timed_out(held, job)
+            _hand_on_built(held, job, servers[0])
             _touch(held)
             advance(request)
         else:
@@ -705,6 +708,26 @@ def _touch(held: Held) -> None:
             member.updated_at, member.restarts = now, 0
 
 
+def _built(job: Job) -> set[str]:
+    """The servers of the job's sub_jobs that succeeded."""
+    return {sub.server_id for sub in job.sub_jobs if sub.status == SUCCESS and sub.server_id}
+
+
+def _hand_on_built(held: Held, job: Job, by_name: dict[str, dict]) -> None:
+    """While the job runs, each member whose server is built goes on (attach, tags) at once:
+    a group's job ends with its slowest sub_job, its built servers need not wait for it. The
+    poller waits for the job's end (its message is the group's poll)."""
+    built = _built(job)
+    for member in held.included():
+        server = by_name.get(member.cloud_name)
+        if member is held.request or member.state is not S.BUILDING or member.server_id:
+            continue
+        if server is not None and server["id"] in built:
+            outcome = _create_done(held.session, member, server["id"])
+            if outcome.signature is not None:
+                held.sends.append(outcome.signature)
+
+
 def _distribute(held: Held, job: Job, by_name: dict[str, dict], extras: list[dict]) -> Next:
     """The job ended: each member learns its server (by name, checked against the sub_jobs)."""
     group, request = held.group, held.request
@@ -719,6 +742,8 @@ def _distribute(held: Held, job: Job, by_name: dict[str, dict], extras: list[dic
     for member in held.included():
         server = by_name.pop(member.cloud_name, None)
         server_id = server["id"] if server else None
+        if server_id is not None and member.server_id == server_id:
+            continue  # built before the job ended, and handed on then (its chain goes on)
         if server_id in built:
             outcome = _member_built(held, member, server_id)
         else:

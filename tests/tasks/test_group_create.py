@@ -555,3 +555,30 @@ def test_a_silent_intent_of_cancelled_members_is_looked_up_by_marker(bench, sent
     create_group(Chain(str(ids[0]), signature.kwargs["fence"]))
     assert [bench.get(i).cleanup_server_id for i in ids] == ["srv-0", "srv-1"]
     assert bench.client.count("create_servers") == 1  # looked up, never posted again
+
+
+def test_a_member_built_while_the_job_runs_goes_on_at_once_and_only_once(bench, sent):
+    ids = add_group(bench, 3)
+    bench.client.on("create_servers", CreateResult("job-g"))
+    create_group(bench.chain(ids[0]))
+    marker = group_of(bench, ids[0]).marker
+    named = [(f"web-{i:04d}", f"srv-{i}") for i in range(3)]
+    bench.client.on("list_servers", servers(marker, *named))
+    running = group_job(
+        ("RUNNING", "srv-0", None), ("SUCCESS", "srv-1", None), ("RUNNING", "srv-2", None)
+    )
+    bench.client.on("show_job", running)
+
+    with pytest.raises(Wait):
+        poll_group_job(bench.chain(ids[0]))
+
+    assert [bench.get(i).state for i in ids] == [S.BUILDING, S.TAGGING, S.BUILDING]
+    assert bench.get(ids[1]).server_id == "srv-1"
+    assert [(s.task, s.kwargs["request_id"]) for s in sent] == [("bms.apply_tags", str(ids[1]))]
+
+    bench.client.on("show_job", group_job(*[("SUCCESS", f"srv-{i}", None) for i in range(3)]))
+    poll_group_job(bench.chain(ids[0]))
+
+    assert [bench.get(i).state for i in ids] == [S.TAGGING] * 3
+    assert [s.kwargs["request_id"] for s in sent] == [str(ids[1]), str(ids[2])]  # not twice
+    assert bench.strays(ids[0]) == []
