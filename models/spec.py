@@ -339,6 +339,17 @@ class ServerSpec(SpecModel):
         if self.attach_volumes:
             raise FieldRuleError("attach_volumes", "needs count 1: a volume attaches to one server")
 
+    def member_names(self) -> list[str]:
+        """The names of the servers this entry stands for: its name, or ``name-NNNN`` for each
+        of a ``count``."""
+        if self.count == 1:
+            return [self.name]
+        return [f"{self.name}-{index:04d}" for index in range(self.count)]
+
+    def volumes_to_attach(self) -> list[dict[str, str]]:
+        """``attach_volumes`` as stored in a request's spec."""
+        return [v.model_dump(exclude_none=True) for v in self.attach_volumes]
+
     def create_body(self) -> dict[str, Any]:
         """The ``server`` body of the create call, without the orchestrator's fields."""
         body = self.model_dump(
@@ -412,11 +423,11 @@ class BatchSpec(SpecModel):
         expanded = []
         for server in self.servers:
             body = server.create_body()
-            volumes = [v.model_dump(exclude_none=True) for v in server.attach_volumes]
-            for index in range(server.count):
-                name = server.name if server.count == 1 else f"{server.name}-{index:04d}"
+            volumes = server.volumes_to_attach()
+            for name in server.member_names():
+                # Built from validated values: validating each of 10,000 again cost 0.2 s.
                 expanded.append(
-                    ExpandedServer(
+                    ExpandedServer.model_construct(
                         name=name,
                         create_body={**body, "name": name},
                         attach_volumes=volumes,

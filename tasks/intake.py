@@ -10,15 +10,17 @@ so that the answer waits for neither.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import shared_task
-from sqlalchemy import insert, literal, null, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models import bulk
 from models.base import utcnow
 from models.canonical import batch_digest
 from models.db import session_scope
@@ -104,9 +106,9 @@ def store_batch(
     existing = _existing(session, idempotency_key, digest)
     if existing is not None:
         return existing
-    servers = spec.expand()
     now = utcnow()
     batch_id = uuid.uuid4()
+    requests, attachments, names = _request_rows(spec, batch_id, now)
     session.execute(
         insert(Batch.__table__),
         [
@@ -116,7 +118,7 @@ def store_batch(
                 "source": source,
                 "idempotency_key": idempotency_key,
                 "body_digest": digest,
-                "request_count": len(servers),
+                "request_count": len(requests),
                 "dispatched_position": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -132,73 +134,82 @@ def store_batch(
                 request_events=spec.notify.request_events,
             )
         )
-    request_ids = [uuid.uuid4() for _ in servers]
-    requests = []
-    attachments = []
-    for position, (request_id, server) in enumerate(zip(request_ids, servers, strict=True)):
-        requests.append(_request_row(batch_id, request_id, position, server, now))
-        attachments.extend(
-            _attachment_row(request_id, index, volume, now)
-            for index, volume in enumerate(server.attach_volumes)
-        )
-    session.execute(insert(ServerRequest.__table__), requests)
-    if attachments:
-        session.execute(insert(VolumeAttachment.__table__), attachments)
-    _record_creations(session, batch_id, f"submitted via {source.value}", now)
-    return Submitted(batch_id, request_ids, created=True, names=[s.name for s in servers])
+    bulk.insert_rows(session, ServerRequest.__table__, _REQUEST_COLUMNS, requests)
+    bulk.insert_rows(session, VolumeAttachment.__table__, _ATTACHMENT_COLUMNS, attachments)
+    detail = f"submitted via {source.value}"
+    # Each request's first event (None -> PENDING), in submission order.
+    events = [(row[0], None, _PENDING, now, detail) for row in requests]
+    bulk.insert_rows(session, Event.__table__, _EVENT_COLUMNS, events)
+    request_ids = [row[0] for row in requests]
+    return Submitted(batch_id, request_ids, created=True, names=names)
 
 
-def _request_row(batch_id, request_id, position, server, now) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "batch_id": batch_id,
-        "position": position,
-        "name": server.name,
-        # What ServerRequest.spec always held: ExpandedServer.model_dump(), field by field.
-        "spec": {
-            "name": server.name,
-            "create_body": server.create_body,
-            "attach_volumes": server.attach_volumes,
-            "tags": server.tags,
-        },
-        "state": RequestState.PENDING,
-        "attempt": 0,
-        "fence": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+_PENDING = RequestState.PENDING.value
+_REQUEST_COLUMNS = (
+    "id", "batch_id", "position", "name", "spec", "state", "attempt", "fence", "restarts",
+    "create_serial", "teardown_attempts", "cleanup_attempts", "created_at", "updated_at",
+)  # fmt: skip
+_ATTACHMENT_COLUMNS = (
+    "request_id", "position", "volume_id", "device", "state", "attempt", "created_at",
+    "updated_at",
+)  # fmt: skip
+_EVENT_COLUMNS = ("request_id", "from_state", "to_state", "at", "detail")
 
 
-def _attachment_row(request_id, position, volume, now) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "position": position,
-        "volume_id": volume["volume_id"],
-        "device": volume.get("device"),
-        "state": AttachmentState.PENDING,
-        "attempt": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+def _request_rows(spec: BatchSpec, batch_id: uuid.UUID, now) -> tuple[list, list, list[str]]:
+    """The rows of the batch's requests and attachments (tuples in the order of the columns
+    above) and the requests' names, in submission order.
+
+    A request's spec is what ``ExpandedServer.model_dump()`` always gave, as JSON text. The
+    servers of one ``count`` differ only by their name, so their spec is serialized once, with
+    a placeholder where the name goes, and each one's is that text with its name put in
+    (serializing 10,000 specs one by one was a sixth of a 10,000-server intake).
+    """
+    requests: list[tuple] = []
+    attachments: list[tuple] = []
+    names: list[str] = []
+    for server in spec.servers:
+        volumes = server.volumes_to_attach()
+        member_names = server.member_names()
+        texts = _spec_texts(server.create_body(), volumes, list(server.tags), member_names)
+        for name, spec_text in zip(member_names, texts, strict=True):
+            request_id = uuid.uuid4()
+            position = len(requests)
+            requests.append(
+                (request_id, batch_id, position, name, spec_text, _PENDING, 0, 0, 0, 0, 0, 0,
+                 now, now)
+            )  # fmt: skip
+            attachments.extend(
+                (request_id, index, volume["volume_id"], volume.get("device"),
+                 AttachmentState.PENDING.value, 0, now, now)
+                for index, volume in enumerate(volumes)
+            )  # fmt: skip
+            names.append(name)
+    return requests, attachments, names
 
 
-def _record_creations(session: Session, batch_id: uuid.UUID, detail: str, now) -> None:
-    """Each request's first event (``None -> PENDING``), in one statement run by the database."""
-    events = Event.__table__
-    rows = (
-        select(
-            ServerRequest.id,
-            null(),
-            literal(RequestState.PENDING, events.c.to_state.type),
-            literal(now, events.c.at.type),
-            literal(detail, events.c.detail.type),
-        )
-        .where(ServerRequest.batch_id == batch_id)
-        .order_by(ServerRequest.position)
-    )
-    session.execute(
-        insert(events).from_select(["request_id", "from_state", "to_state", "at", "detail"], rows)
-    )
+def _spec_texts(
+    body: dict[str, Any], volumes: list[dict], tags: list[str], names: list[str]
+) -> list[str]:
+    """The JSON of ``{name, create_body, attach_volumes, tags}`` for each of ``names``."""
+
+    def spec_of(name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "create_body": {**body, "name": name},
+            "attach_volumes": volumes,
+            "tags": tags,
+        }
+
+    if len(names) == 1:
+        return [json.dumps(spec_of(names[0]))]
+    # A placeholder no validated value holds (a random one: it cannot be guessed to collide).
+    placeholder = json.dumps(f"name-{uuid.uuid4().hex}")
+    template = json.dumps(spec_of(json.loads(placeholder)))
+    parts = template.split(placeholder)
+    if len(parts) != 3:  # the name in both places, and nowhere else
+        return [json.dumps(spec_of(name)) for name in names]
+    return [json.dumps(name).join(parts) for name in names]
 
 
 def submit(

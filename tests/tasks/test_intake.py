@@ -12,11 +12,18 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, func, select
 
-from models.records import Batch, BatchSource, Event, ServerRequest, VolumeAttachment
+from models.records import (
+    AttachmentState,
+    Batch,
+    BatchSource,
+    Event,
+    ServerRequest,
+    VolumeAttachment,
+)
 from models.spec import parse_batch
 from models.states import RequestState
 from tasks.intake import submit
-from tests.factories import batch, server
+from tests.factories import VALID_SERVER, batch, server
 
 
 @pytest.fixture
@@ -129,3 +136,56 @@ def test_a_replayed_key_answers_the_first_batch_in_order(sessions):
         first.names,
     )
     assert rows(sessions, Batch) == 1
+
+
+def test_every_request_of_a_count_stores_the_spec_expand_gives(sessions):
+    # The servers of one count share one serialized spec with each one's name put in: each
+    # must still read back as the spec of its own server, names, tags and nested values.
+    spec = parse_batch(
+        batch(
+            server(
+                name="web",
+                count=3,
+                tags=["rack-a", "web"],
+                metadata={**VALID_SERVER["metadata"], "note": "web-0001 \u00e9"},
+            ),
+            server(
+                name="db",
+                attach_volumes=[
+                    {"volume_id": "e5e5e5e5-0000-4000-8000-000000000001", "device": "/dev/sdb"}
+                ],
+            ),
+        )
+    )
+
+    submitted = submit(sessions, spec, BatchSource.API)
+
+    with sessions() as session:
+        stored = list(
+            session.scalars(
+                select(ServerRequest)
+                .where(ServerRequest.batch_id == submitted.batch_id)
+                .order_by(ServerRequest.position)
+            )
+        )
+        attachments = session.execute(
+            select(
+                VolumeAttachment.request_id,
+                VolumeAttachment.position,
+                VolumeAttachment.volume_id,
+                VolumeAttachment.device,
+                VolumeAttachment.state,
+                VolumeAttachment.attempt,
+            )
+        ).all()
+    expected = [s.model_dump() for s in spec.expand()]
+    assert [r.spec for r in stored] == expected
+    assert [r.name for r in stored] == ["web-0000", "web-0001", "web-0002", "db"]
+    assert [r.spec["create_body"]["name"] for r in stored] == [r.name for r in stored]
+    assert {
+        (r.restarts, r.create_serial, r.teardown_attempts, r.cleanup_attempts) for r in stored
+    } == {(0, 0, 0, 0)}
+    assert [tuple(a) for a in attachments] == [
+        (stored[3].id, 0, "e5e5e5e5-0000-4000-8000-000000000001", "/dev/sdb",
+         AttachmentState.PENDING, 0)
+    ]  # fmt: skip
