@@ -3,6 +3,7 @@ down one."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any
 
@@ -23,7 +24,6 @@ from api.schemas import (
     IdempotencyConflictProblem,
     InvalidRequest,
     Problem,
-    RequestRef,
     SkippedRequest,
     SubmittedBatch,
 )
@@ -32,7 +32,7 @@ from models.records import BatchSource
 from models.spec import MAX_IDEMPOTENCY_KEY, SpecError, parse_batch
 from models.states import RequestState
 from tasks import control, teardown
-from tasks.intake import IdempotencyConflict, submit
+from tasks.intake import IdempotencyConflict, Submitted, submit
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -164,13 +164,26 @@ def submit_batch(
     if not submitted.created:
         with session_scope(sessions) as session:
             return _json(queries.submitted_batch(session, submitted.batch_id))
-    pending = RequestState.PENDING
-    refs = [
-        RequestRef(id=request_id, name=name, state=pending)
-        for request_id, name in zip(submitted.request_ids, submitted.names, strict=True)
-    ]
-    answer = SubmittedBatch(batch_id=submitted.batch_id, requests=refs, total=submitted.total)
-    return _json(answer, status.HTTP_202_ACCEPTED)
+    return Response(submitted_json(submitted), status.HTTP_202_ACCEPTED, media_type=JSON_TYPE)
+
+
+JSON_TYPE = "application/json"
+
+
+def submitted_json(submitted: Submitted) -> str:
+    """The :class:`SubmittedBatch` of a batch just stored (every request PENDING), as the
+    model would serialize it: built as plain data, since 10,000 ``RequestRef`` models cost a
+    tenth of a 10,000-server submission."""
+    pending = RequestState.PENDING.value
+    answer = {
+        "batch_id": str(submitted.batch_id),
+        "requests": [
+            {"id": str(request_id), "name": name, "state": pending}
+            for request_id, name in zip(submitted.request_ids, submitted.names, strict=True)
+        ],
+        "total": submitted.total,
+    }
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
 
 
 @router.get("", response_model=BatchPage, summary="List batches, newest first", responses=INVALID)

@@ -8,8 +8,12 @@ import pytest
 
 import tasks.batch_dispatch
 import tasks.plan
+from api.batches import submitted_json
+from api.schemas import RequestRef, SubmittedBatch
 from bmsctl.processes import free_port
 from models.records import Batch
+from models.states import RequestState
+from tasks.intake import Submitted
 from tests.factories import batch, server
 from worker.app import make_celery
 from worker.settings import Settings
@@ -182,3 +186,21 @@ def test_unreachable_broker_still_accepts_and_keeps_the_batch(
     replay = client.post("/v1/batches", json=batch(), headers=headers)
     assert replay.status_code == 200
     assert replay.json()["batch_id"] == response.json()["batch_id"]
+
+
+def test_the_answer_to_a_new_batch_is_what_the_model_serializes():
+    # The route writes the answer as plain data (fast for 10,000 requests): it must be the
+    # very bytes SubmittedBatch would give, names beyond ASCII included.
+    submitted = Submitted(
+        uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()], created=True, names=["web-0000", "n\u00e9-1"]
+    )
+    model = SubmittedBatch(
+        batch_id=submitted.batch_id,
+        requests=[
+            RequestRef(id=i, name=n, state=RequestState.PENDING)
+            for i, n in zip(submitted.request_ids, submitted.names, strict=True)
+        ],
+        total=2,
+    )
+
+    assert submitted_json(submitted) == model.model_dump_json()
