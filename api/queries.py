@@ -1,12 +1,14 @@
 """The read side: what the routes show, each one query (or two) and its mapping to a schema.
 
+Counts per state come from ``batch_state_counts`` (:func:`models.counts.state_counts`, kept
+by the database in each change's transaction), not from counting a batch's requests.
+
 Every function takes an open session; ``None`` means the id is unknown.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -22,26 +24,9 @@ from api.schemas import (
     RequestRow,
     SubmittedBatch,
 )
+from models.counts import state_counts
 from models.records import Batch, ServerRequest
 from models.states import RequestState
-
-
-def state_counts(
-    session: Session, batch_ids: Iterable[uuid.UUID]
-) -> dict[uuid.UUID, dict[RequestState, int]]:
-    """Requests per state of each batch, every state listed (zeros included)."""
-    ids = list(batch_ids)
-    counts = {batch_id: dict.fromkeys(RequestState, 0) for batch_id in ids}
-    if not ids:
-        return counts
-    rows = session.execute(
-        select(ServerRequest.batch_id, ServerRequest.state, func.count())
-        .where(ServerRequest.batch_id.in_(ids))
-        .group_by(ServerRequest.batch_id, ServerRequest.state)
-    )
-    for batch_id, state, number in rows:
-        counts[batch_id][state] = number
-    return counts
 
 
 def _summary(batch: Batch, counts: dict[RequestState, int]) -> dict:

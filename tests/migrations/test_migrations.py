@@ -54,3 +54,28 @@ def test_indexes_for_the_dashboard_queries_exist(database_url):
         engine.dispose()
     assert ("batch_id", "position") in indexed
     assert ("state", "updated_at") in indexed
+
+
+def test_the_counting_triggers_exist_at_head(database_url):
+    # models.counts relies on them; on SQLite a migration that rebuilds server_requests
+    # (Alembic's batch mode) drops them silently: it must create them again.
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                query = (
+                    "SELECT DISTINCT tgname FROM pg_trigger JOIN pg_class c ON c.oid = tgrelid "
+                    "WHERE c.relname = 'server_requests' AND c.relnamespace = "
+                    "current_schema()::regnamespace AND NOT tgisinternal"
+                )
+            else:
+                query = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            names = set(connection.exec_driver_sql(query).scalars())
+    finally:
+        engine.dispose()
+    assert {
+        "trg_server_requests_count_insert",
+        "trg_server_requests_count_update",
+        "trg_server_requests_count_delete",
+    } <= names

@@ -82,11 +82,15 @@ QUERIES: dict[str, tuple[Callable, list[str]]] = {
     ),
     "batch list": (
         lambda session, _ids: queries.batch_page(session, 50, 0),
-        ["ix_batches_created_at_id", "ix_server_requests_batch_id_state", None],
+        ["ix_batches_created_at_id", "ix_batch_state_counts_batch_id_state_n", None],
     ),
     "batch page": (
         lambda session, ids: queries.batch_detail(session, ids[0], 500, 0),
-        ["pk_batches", "ix_server_requests_batch_id_state", "ix_server_requests_batch_id_position"],
+        [
+            "pk_batches",
+            "ix_batch_state_counts_batch_id_state_n",
+            "ix_server_requests_batch_id_position",
+        ],
     ),
     "batch ids (cancel, retry)": (
         lambda session, ids: queries.batch_request_ids(session, ids[0]),
