@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker.app import make_celery
+from worker.queues import ALL_QUEUES, CONTROL_QUEUE
 from worker.settings import Settings
 
 REDIS = "redis://127.0.0.1:1/0"  # never connected to: only the configuration is read
@@ -22,3 +23,12 @@ def test_the_batch_reconciler_runs_with_the_reconciler():
 
     assert schedule["bms.reconcile_batches"]["schedule"] == 7
     assert schedule["bms.reconcile_batches"]["options"] == {"queue": "bms.control"}
+
+
+def test_workers_take_creates_then_the_feeder_before_other_work():
+    conf = make_celery(Settings(redis_url=REDIS)).conf
+
+    # Not round robin: a create booked for an instant must not wait behind polls and steps.
+    assert conf.broker_transport_options["queue_order_strategy"] == "priority"
+    assert ALL_QUEUES[:2] == ("bms.create", CONTROL_QUEUE)
+    assert [queue.name for queue in conf.task_queues] == list(ALL_QUEUES)
