@@ -268,6 +268,21 @@ class CreateGroup(Timestamped, Base):
     polled_at: Mapped[datetime | None]
 
 
+def open_group_clause() -> ColumnElement[bool]:
+    """Groups whose call is not settled yet (planned, or posted): the only ones the group
+    reconciler looks at. One definition for its query and its partial index."""
+    return CreateGroup.state.in_([GroupState.PLANNED, GroupState.POSTED])
+
+
+#: The group reconciler's query walks only the open groups, oldest update first.
+Index(
+    "ix_create_groups_open_updated_at",
+    CreateGroup.updated_at,
+    postgresql_where=open_group_clause(),
+    sqlite_where=open_group_clause(),
+)
+
+
 class StrayState(enum.StrEnum):
     PENDING = "PENDING"
     DELETING = "DELETING"

@@ -58,6 +58,7 @@ from models.records import (
     JobKind,
     ServerRequest,
     StrayServer,
+    open_group_clause,
     record_note,
     transition,
 )
@@ -259,8 +260,9 @@ def silent_group_ids(session: Session, idle_seconds: float) -> list[uuid.UUID]:
     a job whose poll is silent, or an intent whose answer was never recorded."""
     cutoff = utcnow() - timedelta(seconds=idle_seconds)
     query = select(CreateGroup.id).where(
+        open_group_clause(),  # the predicate of the index this query walks
         ((CreateGroup.state == G.POSTED) & (CreateGroup.polled_at < cutoff))
-        | ((CreateGroup.state == G.PLANNED) & (CreateGroup.intent_at < cutoff))
+        | ((CreateGroup.state == G.PLANNED) & (CreateGroup.intent_at < cutoff)),
     )
     return list(session.scalars(query.order_by(CreateGroup.updated_at).limit(1000)))
 

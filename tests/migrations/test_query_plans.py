@@ -21,6 +21,7 @@ from models.records import BatchSource
 from models.spec import parse_batch
 from tasks.batch_dispatch import stalled_batch_ids
 from tasks.control import stalled_request_ids
+from tasks.group_create import silent_group_ids
 from tasks.intake import _existing, store_batch
 from tests.factories import batch, server
 
@@ -75,6 +76,10 @@ QUERIES: dict[str, tuple[Callable, list[str]]] = {
     "reconciler": (
         lambda session, _ids: stalled_request_ids(session, 600),
         ["ix_server_requests_watched_updated_at"],
+    ),
+    "group reconciler": (
+        lambda session, _ids: silent_group_ids(session, 600),
+        ["ix_create_groups_open_updated_at"],
     ),
     "batch reconciler": (
         lambda session, _ids: stalled_batch_ids(session, 60),
