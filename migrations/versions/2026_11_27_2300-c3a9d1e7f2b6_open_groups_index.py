@@ -1,7 +1,7 @@
 """open groups index: the group reconciler's query walks the groups not settled yet
 
 Revision ID: c3a9d1e7f2b6
-Revises: b7c1f0e2a9d4
+Revises: 4cf8d9e765e9
 Create Date: 2026-11-27 23:00:00.000000
 
 The reconciler looks for count groups no chain watches among the planned and posted ones
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "c3a9d1e7f2b6"
-down_revision: str | None = "b7c1f0e2a9d4"
+down_revision: str | None = "4cf8d9e765e9"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
