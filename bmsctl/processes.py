@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -173,13 +173,16 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def restart(self) -> None:
+    def restart(self, before_start: Callable[[], None] | None = None) -> None:
         """Start the same command again, after clearing what the dead one left in its group
-        (a prefork pool outlives a main process killed with SIGKILL)."""
+        (a prefork pool outlives a main process killed with SIGKILL); ``before_start`` runs
+        once nothing of the old one is left."""
         self._signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
         self._log.close()
+        if before_start is not None:
+            before_start()
         self._spawn()
 
     def stop(self, timeout: float = 15.0) -> None:

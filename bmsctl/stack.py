@@ -25,6 +25,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from api.server import is_loopback
+from bmsctl.handback import hand_back_unacked
 from bmsctl.lock import StackLock, StackLocked
 from bmsctl.processes import (
     ManagedProcess,
@@ -100,6 +101,9 @@ class EmbeddedStack:
         self.lock = StackLock(self.options.directory)
         self._ready: dict[str, Callable[[ManagedProcess], None]] = {}
         self._node_tag = f"{socket.gethostname()}.{os.getpid()}"
+        #: The queues of each worker child, when this stack runs the Redis they use: then a
+        #: dead worker's unacknowledged messages are its own, to hand back (bmsctl.handback).
+        self._own_queues: dict[str, list[str]] = {}
 
     def start(self) -> None:
         """Start every part, in dependency order; on any failure stop what was started.
@@ -136,15 +140,31 @@ class EmbeddedStack:
     def dead_children(self) -> list[ManagedProcess]:
         return [child for child in self.children if not child.alive()]
 
-    def restart(self, child: ManagedProcess) -> None:
+    def restart(self, child: ManagedProcess) -> int:
         """Start a dead child again, on the same port with the same data, and wait until it
-        answers; :raises StackError: it did not."""
+        answers; returns how many messages a dead worker held were handed back to its queues.
+
+        :raises StackError: it did not come back.
+        """
+        handed_back = 0
+
+        def hand_back() -> None:
+            nonlocal handed_back
+            handed_back = self._hand_back(self._own_queues[child.name])
+
         try:
-            child.restart()
+            child.restart(before_start=hand_back if child.name in self._own_queues else None)
             self._ready[child.name](child)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, RedisError) as exc:
             raise StackError(str(exc)) from None
         self._write_state()
+        return handed_back
+
+    def _hand_back(self, queues: list[str]) -> int:
+        try:
+            return hand_back_unacked(self.decided["BMS_REDIS_URL"], queues)
+        except RedisError:
+            return 0  # Redis restarting too: the reconciler still covers those chains
 
     # -- environments ----------------------------------------------------------------------
 
@@ -179,6 +199,10 @@ class EmbeddedStack:
         except RuntimeError as exc:
             raise StackError(str(exc)) from None
         return child
+
+    @property
+    def _owns_redis(self) -> bool:
+        return "redis" in self._ready
 
     def _start_redis(self) -> None:
         url = self.settings.redis_url
@@ -229,12 +253,19 @@ class EmbeddedStack:
             # first task on (Flower alone would turn them on only within its first seconds).
             self.decided["BMS_TASK_EVENTS"] = "true"
         redis_url = self.decided["BMS_REDIS_URL"]
-        for name, queues, slots in (
+        workers = (
             ("worker-cloud", CLOUD_QUEUES, concurrency),
             ("worker-control", [CONTROL_QUEUE], 1),
             # Webhooks on workers of their own: a slow receiver never holds a provisioning slot.
             ("worker-webhook", [WEBHOOK_QUEUE], 2),
-        ):
+        )
+        if self._owns_redis:
+            self._own_queues = {name: list(queues) for name, queues, _slots in workers}
+            # What the workers of an earlier run held when they were killed (Redis persists).
+            left = self._hand_back(list(ALL_QUEUES))
+            if left:
+                self.notes.append(f"redis: {left} message(s) a stopped run held handed back")
+        for name, queues, slots in workers:
             node = f"{name.removeprefix('worker-')}@{self._node_tag}"
             self._spawn(
                 name,

@@ -85,12 +85,13 @@ class Supervisor:
     def _restart(self, child: ManagedProcess) -> str | None:
         del self.pending[child.name]
         try:
-            self.stack.restart(child)
+            handed_back = self.stack.restart(child)
         except StackError as exc:
             first_line = str(exc).splitlines()[0]
             return self._record_death(child, f"failed to restart: {first_line}", self.clock())
         except Exception as exc:  # noqa: BLE001 - whatever breaks a restart counts as a death
             how = f"failed to restart: {type(exc).__name__}: {exc}"
             return self._record_death(child, how, self.clock())
-        self.log(f"{child.name} restarted (pid {child.pid})")
+        held = f"; {handed_back} message(s) it held handed back" if handed_back else ""
+        self.log(f"{child.name} restarted (pid {child.pid}){held}")
         return None
