@@ -26,8 +26,10 @@ def queue_of(api_class: str) -> str:
 #: In the order a worker consumes them (``queue_order_strategy`` "priority" in ``worker.app``): a
 #: free pool child takes a create, then a control message (the feeder), before any other work.
 #: Both are bounded by the create quota (a create is sent only with a slot of its own, the
-#: feeder only while slots free), so they cannot starve the other queues; and without this a
-#: create booked for an instant waited in the broker behind the polls and steps of the servers
+#: feeder only while slots free): under a quota the workers can keep up with, the other
+#: queues get the rest; a quota above that (500/s on a 2-core machine) has creates go first
+#: until the backlog is created, the later steps waiting meanwhile. Without this a create
+#: booked for an instant waited in the broker behind the polls and steps of the servers
 #: created before it, its slot idling meanwhile (issue 11: 37% of the quota at 20/s).
 ALL_QUEUES = (
     (queue_of("create"), CONTROL_QUEUE)
