@@ -35,6 +35,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,20 +272,38 @@ def measure(args, name: str, group_max: int, sessions, workers, volume_ids) -> R
     return result
 
 
+def table(results: list[Result], volumes: bool) -> list[str]:
+    """The results' table: one row per variant (the attach columns with ``volumes``)."""
+    columns: list[tuple[str, Callable[[Result], object]]] = [
+        ("variant", lambda r: f"{r.name} (`BMS_CREATE_GROUP_MAX={r.group_max}`)"),
+        ("create calls", lambda r: r.calls("create")),
+        *([("attach calls", lambda r: r.calls("attach"))] if volumes else []),
+        ("update calls", lambda r: r.calls("update")),
+        ("429s", lambda r: r.throttled()),
+        ("last create admitted", lambda r: f"{r.last_create:.1f} s"),
+        ("create phase (all built)", lambda r: f"{r.built:.1f} s"),
+        *(
+            [
+                (
+                    "first / last attach admitted",
+                    lambda r: f"{r.first_attach:.1f} s / {r.last_attach:.1f} s",
+                )
+            ]
+            if volumes
+            else []
+        ),  # fmt: skip
+        ("batch finished", lambda r: f"{r.finished:.1f} s"),
+        ("states", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.states.items()))),
+    ]
+    rows = ["| " + " | ".join(name for name, _ in columns) + " |", "|---" * len(columns) + "|"]
+    for r in results:
+        rows.append("| " + " | ".join(str(cell(r)) for _, cell in columns) + " |")
+    return rows
+
+
 def section(args, results: list[Result], command: str) -> str:
     grouped, single = results
-    rows = [
-        "| variant | create calls | update calls | 429s | last create admitted | create phase"
-        " (all built) | batch finished | states |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        states = ", ".join(f"{k} {v}" for k, v in sorted(r.states.items()))
-        rows.append(
-            f"| {r.name} (`BMS_CREATE_GROUP_MAX={r.group_max}`) | {r.calls('create')} |"
-            f" {r.calls('update')} | {r.throttled()} | {r.last_create:.1f} s | {r.built:.1f} s |"
-            f" {r.finished:.1f} s | {states} |"
-        )
+    rows = table(results, volumes=False)
     ratio = grouped.built / single.built if single.built else float("nan")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     goals = [
@@ -344,19 +363,7 @@ def volumes_title(args) -> str:
 
 
 def volumes_section(args, results: list[Result], command: str) -> str:
-    rows = [
-        "| variant | create calls | attach calls | update calls | 429s | last create admitted |"
-        " create phase (all built) | first / last attach admitted | batch finished | states |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        states = ", ".join(f"{k} {v}" for k, v in sorted(r.states.items()))
-        rows.append(
-            f"| {r.name} (`BMS_CREATE_GROUP_MAX={r.group_max}`) | {r.calls('create')} |"
-            f" {r.calls('attach')} | {r.calls('update')} | {r.throttled()} |"
-            f" {r.last_create:.1f} s | {r.built:.1f} s | {r.first_attach:.1f} s /"
-            f" {r.last_attach:.1f} s | {r.finished:.1f} s | {states} |"
-        )
+    rows = table(results, volumes=True)
     first = results[0]
     busiest, bound = lower_bound(args, first.servers)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

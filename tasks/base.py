@@ -35,14 +35,16 @@ import random
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import redis
 from celery import shared_task
 from celery.canvas import Signature
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -59,6 +61,7 @@ from worker.queues import TASK_API_CLASSES
 from worker.runtime import runtime
 
 log = logging.getLogger("bms.tasks")
+T = TypeVar("T")
 S = RequestState
 
 #: Transient errors (5xx, timeouts, 409) tolerated per step before the request is FAILED.
@@ -289,6 +292,24 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
         return body
 
     return decorate
+
+
+def send_each(items: Iterable[T], signature_of: Callable[[T], Signature | None]) -> int:
+    """Send the signature each item gives (``None``: nothing to send); returns how many were
+    sent. A broker that cannot be reached stops the round: nothing is lost, the rows are
+    committed and the reconciler's next run sends the rest."""
+    sent = 0
+    for item in items:
+        signature = signature_of(item)
+        if signature is None:
+            continue
+        try:
+            signature.apply_async()
+        except BrokerError as exc:
+            log.warning("broker unreachable (%s): the reconciler sends the rest", exc)
+            break
+        sent += 1
+    return sent
 
 
 def _which(exc: BaseException) -> str:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
-from kombu.exceptions import OperationalError
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -26,7 +25,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.records import AttachmentState, Batch, ServerRequest, transition, watched_clause
 from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
-from tasks.base import give_up
+from tasks.base import give_up, send_each
 from tasks.group_create import reconcile_groups
 from tasks.plan import STEP_OF_TASK, next_signature, next_task_name
 from worker.runtime import runtime
@@ -60,19 +59,12 @@ def dispatch(
         (checked under the row lock) is left to the chain that moved it.
     :param max_restarts: count this as a restart, and end a request restarted more often.
     """
-    sent = 0
-    for request_id in request_ids:
+
+    def restarted(request_id: uuid.UUID):
         with session_scope(sessions) as session:
-            signature = _restart(session, request_id, idle_before, max_restarts)
-        if signature is None:
-            continue
-        try:
-            signature.apply_async()
-        except OperationalError as exc:
-            log.warning("broker unreachable (%s): the reconciler will start the rest", exc)
-            break
-        sent += 1
-    return sent
+            return _restart(session, request_id, idle_before, max_restarts)
+
+    return send_each(request_ids, restarted)
 
 
 def _restart(session: Session, request_id: uuid.UUID, idle_before, max_restarts):

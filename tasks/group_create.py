@@ -64,7 +64,17 @@ from models.records import (
 )
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
-from tasks.base import Chain, Next, StaleChain, Wait, advance, fail, handoff, step_task
+from tasks.base import (
+    Chain,
+    Next,
+    StaleChain,
+    Wait,
+    advance,
+    fail,
+    handoff,
+    send_each,
+    step_task,
+)
 from tasks.create import CreateOutcomes, create_server, post_create
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.grouping import COUNT_NAME, group_key, plan_groups
@@ -315,17 +325,7 @@ def reconcile_groups(sessions: sessionmaker[Session], idle_seconds: float) -> in
     """The reconciler's part for groups: returns how many it restarted."""
     with session_scope(sessions) as session:
         silent = silent_group_ids(session, idle_seconds)
-    restarted = 0
-    for group_id in silent:
-        signature = restart_group(sessions, group_id, idle_seconds)
-        if signature is None:
-            continue
-        try:
-            signature.apply_async()
-        except BrokerError as exc:
-            log.warning("broker unreachable (%s): the next run restarts the rest", exc)
-            break
-        restarted += 1
+    restarted = send_each(silent, lambda group_id: restart_group(sessions, group_id, idle_seconds))
     if restarted:
         log.warning("reconciler: %d silent group(s) watched again", restarted)
     return restarted
