@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack, contextmanager
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -10,6 +13,7 @@ from sqlalchemy import inspect
 from models import migrate
 from models.db import make_engine
 from models.records import Base
+from tests.fixtures.database import postgres_schema
 
 #: Every table the models declare: the revisions must create exactly these.
 TABLES = set(Base.metadata.tables)
@@ -79,3 +83,73 @@ def test_the_counting_triggers_exist_at_head(database_url):
         "trg_server_requests_count_update",
         "trg_server_requests_count_delete",
     } <= names
+
+
+def _shape(engine) -> dict:
+    """Everything the inspector sees of a schema, and the revision it is at."""
+    inspector = inspect(engine)
+    shape = {}
+    for table in inspector.get_table_names():
+        shape[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in inspector.get_columns(table)
+            ],
+            "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in inspector.get_indexes(table)
+            ),
+            "foreign_keys": sorted(
+                (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"])
+                for f in inspector.get_foreign_keys(table)
+            ),
+            "unique": sorted(
+                (u["name"] or "", tuple(u["column_names"]))
+                for u in inspector.get_unique_constraints(table)
+            ),
+            "checks": sorted(
+                (c["name"] or "", str(c["sqltext"])) for c in inspector.get_check_constraints(table)
+            ),
+        }
+    with engine.connect() as connection:
+        shape["revision"] = MigrationContext.configure(connection).get_current_heads()
+        shape["triggers"] = _triggers(connection)
+    return shape
+
+
+def _triggers(connection) -> list[tuple[str, str]]:
+    """Every trigger of the schema, with its definition (which names its function)."""
+    if connection.dialect.name == "postgresql":
+        query = (
+            "SELECT tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c "
+            "ON c.oid = tgrelid WHERE c.relnamespace = current_schema()::regnamespace "
+            "AND NOT tgisinternal"
+        )
+    else:
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+    return sorted(tuple(row) for row in connection.exec_driver_sql(query))
+
+
+def test_the_database_fixture_copy_is_what_the_upgrade_makes(
+    database_url, migrated_templates, tmp_path
+):
+    # The `database` fixture copies a template instead of upgrading each test's database: the
+    # copy must be indistinguishable from an upgrade run on an empty database.
+    migrate.upgrade(database_url)
+    with ExitStack() as stack:
+        if database_url.startswith("sqlite"):
+            copy_url = f"sqlite:///{tmp_path / 'copy.db'}"
+        else:
+            copy_url = stack.enter_context(
+                contextmanager(postgres_schema)(os.environ["TEST_DATABASE_URL"])
+            )
+        migrated_templates.copy_into(copy_url)
+        engines = [make_engine(database_url), make_engine(copy_url)]
+        try:
+            upgraded, copied = (_shape(engine) for engine in engines)
+        finally:
+            for engine in engines:
+                engine.dispose()
+    assert set(upgraded) - {"revision"} == TABLES | {"alembic_version"}
+    assert copied == upgraded
