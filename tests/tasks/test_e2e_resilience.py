@@ -129,9 +129,12 @@ def test_reconciler_rebuilds_chains_whose_messages_were_purged(stack_factory):
     purged = redis.Redis.from_url(stack.redis_url).delete("bms.control")
     assert purged == 1  # the batch's start message (preflight, dispatch) was there, and is gone
 
+    # The batch reconciler resumes a dispatch that never started once it has stalled for
+    # BMS_DISPATCH_STALL_SECONDS (60 s by default: the test waited that long for it).
     fast_reconcile = {
         "BMS_RECONCILE_INTERVAL_SECONDS": "1",
         "BMS_RECONCILE_AFTER_SECONDS": "2",
+        "BMS_DISPATCH_STALL_SECONDS": "2",
     }
     stack.start_worker("all", concurrency=2, **fast_reconcile)
     stack.start_beat(**fast_reconcile)
