@@ -18,7 +18,6 @@ import pytest
 import requests
 
 from bmsctl.processes import ManagedProcess, child_env, free_port
-from models import migrate
 from tests.api.helpers import TOKEN
 from tests.factories import server
 
@@ -35,10 +34,10 @@ def memory_kb(pid: int, field: str) -> int:
 
 
 @pytest.fixture
-def api_process(tmp_path, redis_url, http):
+def api_process(tmp_path, redis_url, http, migrated_templates):
     """``python -m api`` on a free loopback port, with a token and a migrated SQLite database."""
     database_url = f"sqlite:///{tmp_path / 'api.db'}"
-    migrate.upgrade(database_url)
+    migrated_templates.copy_into(database_url)
     port = free_port()
     env = child_env(
         BMS_DATABASE_URL=database_url,

@@ -13,7 +13,6 @@ import uvicorn
 
 from api.server import ServeRefused, check_serve, is_loopback, serve
 from bmsctl.processes import free_port
-from models import migrate
 from tests.api.helpers import TOKEN, api_settings
 
 
@@ -99,9 +98,11 @@ def _wait_until_up(base_url: str, process: subprocess.Popen, timeout: float = 30
     pytest.fail("python -m api did not open its port")
 
 
-def test_python_m_api_serves_with_the_token_and_never_logs_it(redis_url, tmp_path):
+def test_python_m_api_serves_with_the_token_and_never_logs_it(
+    redis_url, tmp_path, migrated_templates
+):
     database_url = f"sqlite:///{tmp_path / 'bms.db'}"
-    migrate.upgrade(database_url)
+    migrated_templates.copy_into(database_url)
     port = free_port()
     env = _env(
         BMS_DATABASE_URL=database_url,

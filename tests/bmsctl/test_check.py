@@ -14,7 +14,6 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from bmsctl.processes import ManagedProcess, child_env, cloud_env, free_port
-from models import migrate
 from models.records import ServerRequest
 from tests.factories import batch, server
 
@@ -22,10 +21,10 @@ BMSCTL = Path(sys.executable).with_name("bmsctl")
 
 
 @pytest.fixture
-def api(simulator, redis_url, tmp_path):
+def api(simulator, redis_url, tmp_path, migrated_templates):
     """``python -m api`` on a free port, configured with the simulator as its cloud."""
     database_url = f"sqlite:///{tmp_path / 'check.db'}"
-    migrate.upgrade(database_url)
+    migrated_templates.copy_into(database_url)
     port = free_port()
     env = child_env(
         **cloud_env(simulator.base_url, simulator.project_id, simulator.ak, simulator.sk),

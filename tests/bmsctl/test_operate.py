@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from bmsctl.apiclient import ApiClient
 from bmsctl.operate import teardown_progress
 from bmsctl.watching import watch
-from models import migrate
 from models.db import make_engine, make_session_factory, session_scope
 from models.records import Batch, ServerRequest, record_note, transition
 from models.states import RequestState, Step
@@ -44,10 +43,10 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path, redis_url) -> Iterator[Api]:
+def api(tmp_path, redis_url, migrated_templates) -> Iterator[Api]:
     """The REST API over a migrated SQLite database, served on a free loopback port."""
     database_url = f"sqlite:///{tmp_path / 'cli.db'}"
-    migrate.upgrade(database_url)
+    migrated_templates.copy_into(database_url)
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
     with serving_api(database_url, redis_url, sessions) as url:
