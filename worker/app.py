@@ -56,9 +56,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_eta_task_limit=ETA_TASK_LIMIT,
-        # A worker takes from its queues in the order given (``--queues``, else ALL_QUEUES):
-        # creates and the feeder first (see worker.queues), not round robin.
-        broker_transport_options=transport | {"queue_order_strategy": "priority"},
+        # Creates and the feeder first, the other queues in turn (worker.queues.CreatesFirst).
+        broker_transport_options=transport | {"queue_order_strategy": "worker.queues:CreatesFirst"},
         result_backend_transport_options=transport,
         visibility_timeout=VISIBILITY_TIMEOUT_SECONDS,
         broker_connection_retry_on_startup=True,

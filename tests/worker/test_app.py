@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from kombu.utils.scheduling import cycle_by_name
+
 from worker.app import make_celery
-from worker.queues import ALL_QUEUES, CONTROL_QUEUE
+from worker.queues import ALL_QUEUES, CONTROL_QUEUE, CreatesFirst
 from worker.settings import Settings
 
 REDIS = "redis://127.0.0.1:1/0"  # never connected to: only the configuration is read
@@ -28,7 +30,29 @@ def test_the_batch_reconciler_runs_with_the_reconciler():
 def test_workers_take_creates_then_the_feeder_before_other_work():
     conf = make_celery(Settings(redis_url=REDIS)).conf
 
-    # Not round robin: a create booked for an instant must not wait behind polls and steps.
-    assert conf.broker_transport_options["queue_order_strategy"] == "priority"
+    # A create booked for an instant must not wait behind polls and steps.
+    strategy = conf.broker_transport_options["queue_order_strategy"]
+    assert cycle_by_name(strategy) is CreatesFirst
     assert ALL_QUEUES[:2] == ("bms.create", CONTROL_QUEUE)
     assert [queue.name for queue in conf.task_queues] == list(ALL_QUEUES)
+
+
+def taken(cycle: CreatesFirst, nonempty: set[str]) -> str:
+    """The queue kombu's Redis transport takes next: BRPOP answers from the first non-empty
+    key in the cycle's order, and the transport then rotates the cycle."""
+    queue = next(name for name in cycle.consume(len(cycle.items)) if name in nonempty)
+    cycle.rotate(queue)
+    return queue
+
+
+def test_a_backlog_in_one_queue_never_starves_the_others_but_creates_go_first():
+    # 2,000 attaches waiting for quota keep bms.attach full: with a fixed order ahead of
+    # bms.job ("priority"), job polls and tags waited over a minute behind them.
+    cycle = cycle_by_name("worker.queues:CreatesFirst")()
+    cycle.update(["bms.attach", "bms.job", "bms.nova", "bms.create", CONTROL_QUEUE])
+
+    others = [taken(cycle, {"bms.attach", "bms.job", "bms.nova"}) for _ in range(6)]
+    assert sorted(others) == sorted(["bms.attach", "bms.job", "bms.nova"] * 2)
+    assert taken(cycle, {"bms.attach", "bms.job", "bms.create"}) == "bms.create"
+    assert taken(cycle, {"bms.attach", "bms.create", CONTROL_QUEUE}) == "bms.create"
+    assert taken(cycle, {"bms.attach", CONTROL_QUEUE}) == CONTROL_QUEUE
