@@ -77,7 +77,7 @@ def create_server(chain: Chain) -> Next | None:
         adopted = _adopt_by_marker(chain, body["name"], marker)
         if adopted is not None:
             return adopted
-    return _post_create(chain, body, marker, new_attempt=not in_cloud_maybe)
+    return post_create(chain, body, marker, not in_cloud_maybe, ONE_SERVER)
 
 
 def _live_with_marker(name: str, marker: str) -> list[dict]:
@@ -174,10 +174,6 @@ def post_create(
         return outcomes.refused(chain, exc)
     fault_hooks.after_create_post()
     return outcomes.record_job(chain, marker, result.job_id)
-
-
-def _post_create(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:
-    return post_create(chain, body, marker, new_attempt, ONE_SERVER)
 
 
 def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from celery.canvas import Signature
-from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -238,12 +237,8 @@ def claim_group(chain: Chain, *, owned: bool = True) -> Iterator[Held]:
 
 
 def _send(signatures: list[Signature]) -> None:
-    for signature in signatures:
-        try:
-            signature.apply_async()
-        except BrokerError as exc:
-            log.warning("broker unreachable (%s): the reconciler restarts the rest", exc)
-            return
+    """Send the other members' next steps, after the commit (unit tests catch them here)."""
+    send_each(signatures, lambda signature: signature)
 
 
 # -- create -----------------------------------------------------------------------------------
@@ -431,7 +426,7 @@ def create_member(chain: Chain) -> Next | None:
         settled = _adopt_by_marker(chain, marker)
         if settled is not None:
             return settled
-    return _post(chain, body, marker, new_attempt=not in_cloud_maybe)
+    return post_create(chain, body, marker, not in_cloud_maybe, GROUP)
 
 
 def _join_posted(held: Held) -> Next:
@@ -476,10 +471,6 @@ def _body(group: CreateGroup, member: ServerRequest) -> dict:
     body["count"] = group.count
     body["metadata"] = {**body["metadata"], MARKER_METADATA_KEY: group.marker}
     return body
-
-
-def _post(chain: Chain, body: dict, marker: str, new_attempt: bool) -> Next | None:
-    return post_create(chain, body, marker, new_attempt, GROUP)
 
 
 def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
@@ -734,7 +725,7 @@ def _distribute(held: Held, job: Job, by_name: dict[str, dict], extras: list[dic
     """The job ended: each member learns its server (by name, checked against the sub_jobs)."""
     group, request = held.group, held.request
     group.state = G.DONE
-    built = {sub.server_id for sub in job.sub_jobs if sub.status == SUCCESS and sub.server_id}
+    built = _built(job)
     failed = {sub.server_id: sub for sub in job.sub_jobs if sub.failed and sub.server_id}
     serverless = [sub for sub in job.sub_jobs if sub.failed and not sub.server_id]
     default = serverless[0] if serverless else None

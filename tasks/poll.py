@@ -54,6 +54,12 @@ def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKin
     return cloud_job
 
 
+def _posted_at(session, job_id: str):
+    """When the call that started ``job_id`` was answered (its job row's creation), or now."""
+    cloud_job = session.get(CloudJob, job_id)
+    return cloud_job.created_at if cloud_job else utcnow()
+
+
 def _still_running(cloud_job: CloudJob) -> float | None:
     """Seconds until the next poll, or ``None`` when the job is past its deadline."""
     age = utcnow() - as_utc(cloud_job.created_at)
@@ -106,9 +112,8 @@ def _job_forgotten(chain: Chain, job_id: str) -> Next:
         if not request.create_marker:  # a row of the release that renamed: nothing to look up
             failure = _CreateFailure([], "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
             return _create_failed(session, request, failure)
-        cloud_job = session.get(CloudJob, job_id)
         # The intent dates from the POST: the job was recorded as soon as it was answered.
-        request.create_intent_at = cloud_job.created_at if cloud_job else utcnow()
+        request.create_intent_at = _posted_at(session, job_id)
         request.job_id = None
         if request.attempt >= runtime().settings.max_attempts and request.state is S.BUILDING:
             # The look-up may lead to another POST: bounded like any attempt. The intent is
@@ -242,8 +247,7 @@ def _attach_job_forgotten(chain: Chain, job_id: str) -> Next:
         attachment = _current_attachment(request)
         if attachment is None or attachment.job_id != job_id:
             return handoff(request)
-        cloud_job = session.get(CloudJob, job_id)
-        attachment.intent_at = cloud_job.created_at if cloud_job else utcnow()
+        attachment.intent_at = _posted_at(session, job_id)
         attachment.job_id = None
         record_note(session, request, f"attach job {job_id} unknown to the cloud: reading disk "
                     f"{attachment.volume_id}")  # fmt: skip
