@@ -5,7 +5,6 @@ Real worker processes, real Redis, a migrated database, the simulator over HTTP.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 import pytest
@@ -163,14 +162,11 @@ def test_four_workers_share_the_create_quota_without_a_429(stack_factory):
             job.created_at.timestamp()
             for job in session.scalars(select(CloudJob).where(CloudJob.kind == JobKind.CREATE))
         )
-    # Spread as the quota allows: 100 creates at 20/s take at least 4 s, and no second holds
-    # more than the quota (plus the few recorded late after a slow answer).
+    # Spread as the quota allows: 100 creates at 20/s take at least 4 s. That no second held
+    # more than 20 calls is the simulator's own check at their arrival (its sliding window
+    # answers 429 past the quota: 0 above). Counting by the recorded answers instead was
+    # noisy: answer latency put 23 records in one second while the calls kept the quota.
     assert started[-1] - started[0] >= 4.0
-    busiest = max(
-        sum(1 for t in started if first <= t < first + 1.0)
-        for first in itertools.islice(started, None)
-    )
-    assert busiest <= 22
 
 
 def test_attach_quota_waits_spend_no_attach_attempt(stack_factory):
