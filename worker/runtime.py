@@ -10,8 +10,12 @@ cloud) gets a :class:`NoCloudClient` that names what is missing on first use.
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 from dataclasses import dataclass
 
+from celery.signals import worker_process_init
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bms.auth import AkSkAuth, TokenAuth
@@ -30,6 +34,14 @@ class Runtime:
     client: BmsClient
     #: Counters for the API's /metrics; None: not counted.
     metrics: MetricsRecorder | None = None
+
+    def warm_up(self) -> None:
+        """Open a database and a Redis connection into their pools, so that the first task
+        of this process does not pay for them: the first creates of a batch each wait for
+        their pool child's connections otherwise, and the quota's first window spreads out."""
+        with self.sessions() as session:
+            session.execute(text("SELECT 1"))
+        self.limiter.ping()
 
 
 class CloudNotConfigured(RuntimeError):
@@ -101,6 +113,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 _override: Runtime | None = None
+log = logging.getLogger("bms.worker.runtime")
 
 
 @functools.cache
@@ -117,3 +130,21 @@ def use_runtime(replacement: Runtime | None) -> None:
     """Make every task of this process use ``replacement`` (``None``: back to the settings)."""
     global _override
     _override = replacement
+
+
+@worker_process_init.connect
+def _warm_up_in_background(**_kwargs) -> None:
+    """A pool child opens its connections while it waits for its first task. In a thread: a
+    database that is slow to answer must not hold the child's start (Celery gives a child a
+    few seconds to report alive, then replaces it)."""
+    process_runtime = runtime()  # built here, once: no I/O, and no race with the first task
+    threading.Thread(
+        target=_warm_up, args=(process_runtime,), name="bms-warm-up", daemon=True
+    ).start()
+
+
+def _warm_up(process_runtime: Runtime) -> None:
+    try:
+        process_runtime.warm_up()
+    except Exception as exc:  # noqa: BLE001 - the first task opens its own and reports it
+        log.info("warm-up of this worker process failed (%s): its first task connects", exc)
