@@ -11,17 +11,37 @@ shows a disk from the moment an attach starts, even one that goes on to fail. So
 
 An attempt is counted only for a call the cloud may have acted on (a job it accepted, a refusal,
 a call whose answer was lost), and the budget is checked before the call.
+
+One run goes as far as it can without waiting (issue 11: a message per hop cost two task runs
+and four transactions per volume). The step holds an attach slot before it touches the row
+(``capacity_first``: a run that must wait for quota costs one Redis call). After each POST it
+asks for the job once, at once (one call of the ``job`` class, no transaction): a job already
+done is recorded as attached in the transaction that records the job, and, when a slot for the
+next volume is free (taken before that transaction), the same transaction records the next
+volume's intent and the run goes on to its POST. A job still running is handed to
+``bms.poll_attach_job`` as before, which goes on to the next volume the same way. Volumes are
+still attached one at a time, in order, each behind its intent.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 
-from bms.exceptions import BadRequest, CloudTransportError, Conflict, ServerError, Throttled
+from bms.exceptions import (
+    BadRequest,
+    CloudError,
+    CloudTransportError,
+    Conflict,
+    ServerError,
+    Throttled,
+)
+from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
 from models.records import AttachmentState, CloudJob, JobKind, ServerRequest, transition
 from models.states import RequestState, Step
-from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
+from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, spread, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.timing import DEADLINES, first_poll
 from worker.limiter import NoCapacity
@@ -40,7 +60,57 @@ def _due(request: ServerRequest):
     return next((a for a in request.attachments if a.state is not A.ATTACHED), None)
 
 
-@step_task("bms.attach_volume", Step.ATTACH)
+@dataclass
+class Target:
+    """One attach to make: the attachment's position and what the POST needs; ``more``: other
+    volumes wait behind it (so a slot for the next one is worth taking)."""
+
+    position: int
+    server_id: str
+    volume_id: str
+    device: str | None
+    more: bool
+
+
+def _target(request: ServerRequest, attachment) -> Target:
+    more = any(a.state is not A.ATTACHED and a is not attachment for a in request.attachments)
+    position, volume_id, device = attachment.position, attachment.volume_id, attachment.device
+    return Target(position, request.server_id, volume_id, device, more)
+
+
+@dataclass
+class Then:
+    """The next volume's intent is committed and a slot for its POST is held in ``slot``."""
+
+    target: Target
+    slot: ExitStack
+
+
+@dataclass
+class Slot:
+    """A slot of the attach class held for the next POST, or, when none was free, how long to
+    wait for one."""
+
+    held: ExitStack | None
+    wait: float = 0.0
+
+    def close(self) -> None:
+        if self.held is not None:
+            self.held.close()  # a slot not spent goes back to the window
+
+
+def take_slot() -> Slot:
+    """An attach slot for the next volume's POST, taken before its intent is written, so that a
+    run that finds none hands the request on without writing an intent it must undo."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(runtime().limiter.hold("attach"))
+    except NoCapacity as exc:
+        return Slot(None, spread(exc.wait_seconds, exc.window_seconds))
+    return Slot(stack)
+
+
+@step_task("bms.attach_volume", Step.ATTACH, capacity_first=True)
 def attach_volume(chain: Chain) -> Next | None:
     with claim(chain) as (session, request):
         attachment = _due(request)
@@ -51,18 +121,33 @@ def attach_volume(chain: Chain) -> Next | None:
             if attachment.attempt >= runtime().settings.max_attempts:
                 return _out_of_attempts(session, request, attachment)
             attachment.state, attachment.intent_at = A.ATTACHING, utcnow()
-        target = (attachment.position, request.server_id, attachment.volume_id, attachment.device)
+        target = _target(request, attachment)
     if in_cloud_maybe:
         settled = _look_at_disk(chain, target, attach_next=True)
         if settled is not None:
             return settled
-    return _post_attach(chain, target)
+    return attach_from(chain, target)
 
 
-def _post_attach(chain: Chain, target: tuple) -> Next | None:
-    position, server_id, volume_id, device = target
+def attach_from(chain: Chain, target: Target, slot: ExitStack | None = None) -> Next | None:
+    """POST the attach of ``target`` (its intent committed), then of each next volume as long as
+    each job is done at once and a slot for the next is free; ``slot``: one held for the first
+    POST (else the step's own, or one taken by the client)."""
+    while True:
+        outcome = _post_attach(chain, target, slot)
+        if not isinstance(outcome, Then):
+            return outcome
+        target, slot = outcome.target, outcome.slot
+
+
+def _post_attach(chain: Chain, target: Target, slot: ExitStack | None) -> Next | Then | None:
+    position = target.position
     try:
-        job_id = runtime().client.attach_volume(server_id, volume_id, device)
+        # The slot is given up (spent, or back to the window) as soon as the POST is answered.
+        with slot or nullcontext():
+            job_id = runtime().client.attach_volume(
+                target.server_id, target.volume_id, target.device
+            )
     except (NoCapacity, Throttled):
         _not_sent(chain, position)  # held back by a quota: no attempt spent
         raise
@@ -76,13 +161,54 @@ def _post_attach(chain: Chain, target: tuple) -> Next | None:
         raise  # intent kept, no attempt counted: the re-run looks at the disk first
     except (BadRequest, Conflict) as exc:
         return _refused(chain, target, exc)
-    return _record_job(chain, position, job_id)
+    job = _peek(job_id)
+    done = job is not None and job.outcome is JobOutcome.DONE
+    return _record_job(chain, position, job_id, job, take_slot() if done and target.more else None)
 
 
-def _record_job(chain: Chain, position: int, job_id: str) -> Next | None:
+def _peek(job_id: str) -> Job | None:
+    """The job asked for once, right after the POST that started it; ``None`` when the answer
+    did not come (the poll step asks again: nothing is lost)."""
+    try:
+        return runtime().client.show_job(job_id)
+    except Throttled as exc:
+        runtime().limiter.back_off(exc.api_class or "job", exc.retry_after)
+    except (NoCapacity, CloudError):
+        pass
+    return None
+
+
+def record_cloud_job(session, request: ServerRequest, job_id: str, job: Job | None) -> CloudJob:
+    """The job's row, with what the poll in hand saw of it."""
+    cloud_job = CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH)
+    if job is not None:
+        cloud_job.status, cloud_job.polls = job.status, 1
+        cloud_job.begin_time, cloud_job.end_time = job.begin_time, job.end_time
+        if job.failures:
+            failure = job.failures[0]
+            cloud_job.error_code, cloud_job.fail_reason = failure.error_code, failure.fail_reason
+    session.add(cloud_job)
+    return cloud_job
+
+
+def _record_job(
+    chain: Chain, position: int, job_id: str, job: Job | None, slot: Slot | None
+) -> Next | Then | None:
+    outcome = None
+    try:
+        outcome = _record(chain, position, job_id, job, slot)
+    finally:
+        if slot is not None and not isinstance(outcome, Then):
+            slot.close()  # not going on in this run: the slot goes back to the window
+    return outcome
+
+
+def _record(
+    chain: Chain, position: int, job_id: str, job: Job | None, slot: Slot | None
+) -> Next | Then | None:
     # Recorded whatever the token, as a create is: the cloud started this job.
     with claim(chain, owned=False) as (session, request):
-        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=JobKind.ATTACH))
+        record_cloud_job(session, request, job_id, job)
         attachment = request.attachments[position]
         if attachment.state is not A.ATTACHING or attachment.job_id:
             return None  # another copy recorded or settled it; its chain goes on
@@ -90,15 +216,40 @@ def _record_job(chain: Chain, position: int, job_id: str) -> Next | None:
         attachment.attempt += 1
         if not chain.owns(request):
             return None
-        return handoff(request, first_poll(JobKind.ATTACH))
+        if job is None or job.outcome is JobOutcome.RUNNING or request.state is not S.ATTACHING:
+            # Cancelled during the call: the poll hands the request to cleanup.
+            return handoff(request, first_poll(JobKind.ATTACH))
+        if job.outcome is JobOutcome.DONE:
+            return attach_done(session, request, attachment, slot)
+        first = job.failures[0]
+        reason = first.fail_reason or "failed"
+        return attach_failed(session, request, attachment, first.error_code, reason)
 
 
-def _look_at_disk(chain: Chain, target: tuple, attach_next: bool = False) -> Next | None:
+def attach_done(session, request: ServerRequest, attachment, slot: Slot | None) -> Next | Then:
+    """The attach job of ``attachment`` is done. The next volume goes on in this run when
+    ``slot`` holds one for its POST (its intent written here); else a message attaches it
+    (after the wait for a slot, when none was free)."""
+    attachment.state, attachment.job_id = A.ATTACHED, None
+    following = _due(request)
+    if following is None:
+        transition(session, request, S.TAGGING, detail="volumes attached")
+        return handoff(request)
+    fresh = following.state is A.PENDING and following.intent_at is None
+    if slot is None or slot.held is None or not fresh:
+        return handoff(request, slot.wait if slot is not None and slot.wait else None)
+    if following.attempt >= runtime().settings.max_attempts:
+        return _out_of_attempts(session, request, following)
+    following.state, following.intent_at = A.ATTACHING, utcnow()
+    return Then(_target(request, following), slot.held)
+
+
+def _look_at_disk(chain: Chain, target: Target, attach_next: bool = False) -> Next | None:
     """After a lost answer: settle the attachment from the disk's status, or ``None`` to attach.
 
     ``attach_next``: a free disk is attached again at once, so the budget is checked here.
     """
-    position, server_id, volume_id, _device = target
+    position, server_id, volume_id = target.position, target.server_id, target.volume_id
     volume = runtime().client.resources.show_volume(volume_id)
     status = volume.get("status")
     here = any(a.get("server_id") == server_id for a in volume.get("attachments") or [])
@@ -159,9 +310,9 @@ def _count_attempt(chain: Chain, position: int) -> None:
         request.attachments[position].attempt += 1
 
 
-def _refused(chain: Chain, target: tuple, exc: BadRequest | Conflict) -> Next | None:
+def _refused(chain: Chain, target: Target, exc: BadRequest | Conflict) -> Next | None:
     """The cloud said no. The disk tells whether the refusal was our own earlier attach."""
-    position = target[0]
+    position = target.position
     with claim(chain) as (_session, request):
         attachment = request.attachments[position]
         attachment.attempt += 1
@@ -183,6 +334,18 @@ def _refused(chain: Chain, target: tuple, exc: BadRequest | Conflict) -> Next | 
         wait = first_poll(JobKind.ATTACH)
         advance(request)
     raise Wait(wait, f"attach refused: {exc.error_code}", progress=False)
+
+
+def attach_failed(session, request, attachment, code: str | None, reason: str) -> Next:
+    """A failed attach job retries that attach only; out of attempts the request FAILS."""
+    attachment.job_id = None
+    request.last_error_code, request.last_error_message = code, reason
+    if attachment.attempt < runtime().settings.max_attempts and code != TIMEOUT_CODE:
+        attachment.state = A.PENDING
+        return handoff(request, countdown=first_poll(JobKind.ATTACH))
+    attachment.state = A.FAILED
+    fail(session, request, Step.ATTACH, code, f"volume {attachment.volume_id}: {reason}")
+    return Next(None)
 
 
 def _attach_refused(session, request: ServerRequest, attachment, code, reason: str) -> Next:

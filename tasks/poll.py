@@ -28,6 +28,7 @@ from models.records import (
     transition,
 )
 from models.states import RequestState, Step
+from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, take_slot
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
@@ -204,15 +205,33 @@ def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> 
 
 @step_task("bms.poll_attach_job", Step.ATTACH)
 def poll_attach_job(chain: Chain) -> Next | None:
+    """Watch the current attach job; once it is done, the next volume's attach goes on in this
+    run when an attach slot is free (see :mod:`tasks.attach`)."""
     with claim(chain) as (_session, request):
         attachment = _current_attachment(request)
         if request.state is not S.ATTACHING or attachment is None or not attachment.job_id:
             return handoff(request)
         job_id = attachment.job_id
+        more = any(a.state is not AttachmentState.ATTACHED for a in request.attachments
+                   if a is not attachment)  # fmt: skip
     try:
         job = runtime().client.show_job(job_id)
     except NotFound:
         return _attach_job_forgotten(chain, job_id)
+    # The slot is taken before the row is: none free, and the next attach is a message.
+    slot = take_slot() if job.outcome is JobOutcome.DONE and more else None
+    outcome = None
+    try:
+        outcome = _attach_polled(chain, job_id, job, slot)
+    finally:
+        if slot is not None and not isinstance(outcome, Then):
+            slot.close()  # not going on in this run: the slot goes back to the window
+    if isinstance(outcome, Then):
+        return attach_from(chain, outcome.target, outcome.slot)
+    return outcome
+
+
+def _attach_polled(chain: Chain, job_id: str, job: Job, slot: Slot | None) -> Next | Then:
     wait = None
     with claim(chain) as (session, request):
         attachment = _current_attachment(request)
@@ -225,16 +244,13 @@ def poll_attach_job(chain: Chain) -> Next | None:
         if job.outcome is JobOutcome.RUNNING:
             wait = _still_running(cloud_job)
             if wait is None:
-                return _attach_failed(session, request, attachment, TIMEOUT_CODE, "timed out")
+                return attach_failed(session, request, attachment, TIMEOUT_CODE, "timed out")
             advance(request)
         elif job.outcome is JobOutcome.DONE:
-            attachment.state, attachment.job_id = AttachmentState.ATTACHED, None
-            if all(a.state is AttachmentState.ATTACHED for a in request.attachments):
-                transition(session, request, S.TAGGING, detail="volumes attached")
-            return handoff(request)
+            return attach_done(session, request, attachment, slot)
         else:
             first = job.failures[0]
-            return _attach_failed(
+            return attach_failed(
                 session, request, attachment, first.error_code, first.fail_reason or "failed"
             )
     raise Wait(wait, "attach job running")
@@ -256,15 +272,3 @@ def _attach_job_forgotten(chain: Chain, job_id: str) -> Next:
 
 def _current_attachment(request: ServerRequest):
     return next((a for a in request.attachments if a.state is AttachmentState.ATTACHING), None)
-
-
-def _attach_failed(session, request, attachment, code: str | None, reason: str) -> Next:
-    """A failed attach job retries that attach only; out of attempts the request FAILS."""
-    attachment.job_id = None
-    request.last_error_code, request.last_error_message = code, reason
-    if attachment.attempt < runtime().settings.max_attempts and code != TIMEOUT_CODE:
-        attachment.state = AttachmentState.PENDING
-        return handoff(request, countdown=first_poll(JobKind.ATTACH))
-    attachment.state = AttachmentState.FAILED
-    fail(session, request, Step.ATTACH, code, f"volume {attachment.volume_id}: {reason}")
-    return Next(None)

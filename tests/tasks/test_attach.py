@@ -10,7 +10,7 @@ from models.states import RequestState, Step
 from tasks.attach import attach_volume
 from tasks.base import StaleChain, Wait
 from tasks.control import retry
-from tests.tasks.stepkit import next_task, volume
+from tests.tasks.stepkit import job, next_task, volume
 
 S = RequestState
 A = AttachmentState
@@ -18,6 +18,8 @@ DROPPED = CloudConnectionError("dropped", "POST", "/attachvolume")
 
 
 def attaching(bench, volumes: int = 1) -> object:
+    # The step asks for its job once after the POST: here still running, so the poll takes it.
+    bench.client.on("show_job", job("RUNNING"))
     return bench.add(S.ATTACHING, server_id="srv-1", volumes=volumes)
 
 
@@ -205,3 +207,146 @@ def test_a_retry_gives_an_attach_left_in_flight_a_fresh_budget(bench):
     attach_volume(bench.chain(request_id))
 
     assert bench.get(request_id).attachments[0].job_id == "job-9"
+
+
+# --- one run goes on to the next volume (issue 11) -------------------------------------------
+
+
+def test_jobs_done_at_once_attach_every_volume_in_one_run(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1", "job-2")
+    bench.client.on("show_job", job("SUCCESS"))
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert [a.state for a in stored.attachments] == [A.ATTACHED, A.ATTACHED]
+    assert [a.attempt for a in stored.attachments] == [1, 1]
+    assert stored.state is S.TAGGING
+    assert next_task(outcome) == "bms.apply_tags"  # before: poll, attach, poll: three messages
+    # One after the other, in order; the second POST's slot taken before its intent.
+    attached = [args[1] for name, args in bench.client.calls if name == "attach_volume"]
+    assert attached == ["vol-1", "vol-2"]
+    assert bench.limiter.holds == [("attach", None)]
+
+
+def test_no_slot_for_the_next_volume_leaves_it_to_a_message_without_an_intent(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1")
+    bench.client.on("show_job", job("SUCCESS"))
+    bench.limiter.denied = 3.0
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    first, second = bench.get(request_id).attachments
+    assert first.state is A.ATTACHED
+    assert (second.state, second.intent_at, second.attempt) == (A.PENDING, None, 0)
+    assert next_task(outcome) == "bms.attach_volume"
+    assert outcome.signature.options["countdown"] >= 3.0  # when a slot frees, spread
+    assert bench.client.count("attach_volume") == 1
+
+
+def test_a_job_still_running_after_the_post_is_polled_by_a_message(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1")
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    first, second = bench.get(request_id).attachments
+    assert (first.state, first.job_id) == (A.ATTACHING, "job-1")
+    assert second.state is A.PENDING
+    assert next_task(outcome) == "bms.poll_attach_job"
+    assert bench.limiter.holds == []  # no slot taken for a volume that must wait anyway
+
+
+def test_a_job_failed_at_once_is_attached_again_by_a_message_with_its_attempt_counted(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1")
+    bench.client.on("show_job", job("FAIL", code="BMS.1004"))
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    first, second = bench.get(request_id).attachments
+    assert (first.state, first.job_id, first.attempt) == (A.PENDING, None, 1)
+    assert second.state is A.PENDING
+    assert next_task(outcome) == "bms.attach_volume"
+    assert bench.get(request_id).last_error_code == "BMS.1004"
+
+
+def test_an_unanswered_job_poll_after_the_post_leaves_the_job_to_the_poll_step(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1")
+    bench.client.on("show_job", ServerError(503, "APIGW.0503", "busy"))
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    assert bench.get(request_id).attachments[0].job_id == "job-1"
+    assert next_task(outcome) == "bms.poll_attach_job"
+
+
+def test_a_cancel_between_two_volumes_stops_the_run_and_hands_over_to_cleanup(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1")
+    bench.client.on("show_job", bench.cancel_during(request_id, job("SUCCESS")))
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.cleanup_server_id == "srv-1"
+    assert stored.attachments[0].job_id == "job-1"  # the job the cloud started is recorded
+    assert next_task(outcome) == "bms.delete_server"
+    assert bench.client.count("attach_volume") == 1
+
+
+class Killed(BaseException):
+    """The worker process dies here (nothing after it runs, nothing catches it)."""
+
+
+def test_a_kill_between_the_second_post_and_its_commit_is_settled_from_the_disk(bench):
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1", "job-2")
+    bench.client.on("show_job", job("SUCCESS"), Killed())
+    message = bench.chain(request_id)
+    with pytest.raises(Killed):
+        attach_volume(message)
+    first, second = bench.get(request_id).attachments
+    assert first.state is A.ATTACHED
+    assert second.state is A.ATTACHING and second.intent_at and not second.job_id
+
+    # The message is redelivered (same token: the run handed nothing off): the disk says done.
+    bench.client.on("show_volume", volume("in-use"))
+    outcome = attach_volume(message)
+
+    assert bench.get(request_id).state is S.TAGGING
+    assert next_task(outcome) == "bms.apply_tags"
+    assert bench.client.count("attach_volume") == 2  # no second attach of either volume
+
+
+def test_a_redelivered_message_after_a_run_that_attached_every_volume_does_nothing(bench):
+    request_id = attaching(bench, volumes=2)
+    message = bench.chain(request_id)
+    bench.client.on("attach_volume", "job-1", "job-2")
+    bench.client.on("show_job", job("SUCCESS"))
+    attach_volume(bench.chain(request_id))
+
+    with pytest.raises(StaleChain):
+        attach_volume(message)
+    assert bench.client.count("attach_volume") == 2
+
+
+def test_a_volume_out_of_attempts_fails_the_request_before_its_post(bench):
+    request_id = attaching(bench, volumes=2)
+    with bench.sessions() as session:
+        from models.records import VolumeAttachment
+
+        second = session.query(VolumeAttachment).filter_by(request_id=request_id, position=1)
+        second.one().attempt = 3
+        session.commit()
+    bench.client.on("attach_volume", "job-1")
+    bench.client.on("show_job", job("SUCCESS"))
+
+    attach_volume(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.FAILED and stored.failed_step is Step.ATTACH
+    assert bench.client.count("attach_volume") == 1

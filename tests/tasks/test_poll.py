@@ -182,3 +182,23 @@ def test_a_create_job_the_cloud_keeps_forgetting_ends_within_the_budget(bench):
     stored = bench.get(request_id)
     assert (stored.state, stored.last_error_code) == (S.FAILED, "ORCH.JOB_UNKNOWN")
     assert stored.create_intent_at is not None  # a retry looks the marker up first
+
+
+def test_an_attach_job_done_goes_on_to_the_next_volume_in_the_same_run(bench):
+    request_id = bench.add(S.ATTACHING, server_id="srv-1", volumes=2)
+    with session_scope(bench.sessions) as session:
+        session.add(CloudJob(job_id="job-a", request_id=request_id, kind=JobKind.ATTACH))
+    with session_scope(bench.sessions) as session:
+        attachment = session.merge(bench.get(request_id).attachments[0])
+        attachment.state, attachment.job_id, attachment.attempt = (
+            AttachmentState.ATTACHING, "job-a", 1)  # fmt: skip
+    bench.client.on("show_job", job("SUCCESS"))
+    bench.client.on("attach_volume", "job-b")
+
+    outcome = poll_attach_job(bench.chain(request_id))
+
+    stored = bench.get(request_id)
+    assert [a.state for a in stored.attachments] == [AttachmentState.ATTACHED] * 2
+    assert stored.state is S.TAGGING
+    assert next_task(outcome) == "bms.apply_tags"  # before: an attach message, then its poll
+    assert [args[1] for name, args in bench.client.calls if name == "attach_volume"] == ["vol-2"]
