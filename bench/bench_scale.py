@@ -715,6 +715,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
+    if args.makespan_servers and args.makespan_servers > 1000 and args.makespan_servers % 100:
+        parser.error("--makespan-servers above 1,000 go by hundreds (entries of count 100)")
     split = lambda text: [name.strip() for name in text.split(",") if name.strip()]  # noqa: E731
     try:
         args.specs = select_rows(split(args.rows) if args.rows else None, split(args.skip_rows))
