@@ -112,7 +112,7 @@ def take_slot() -> Slot:
 
 @step_task("bms.attach_volume", Step.ATTACH, capacity_first=True)
 def attach_volume(chain: Chain) -> Next | None:
-    with claim(chain) as (session, request):
+    with claim(chain, attachments=True) as (session, request):
         attachment = _due(request)
         if request.state is not S.ATTACHING or attachment is None or attachment.job_id:
             return handoff(request)
@@ -207,7 +207,7 @@ def _record(
     chain: Chain, position: int, job_id: str, job: Job | None, slot: Slot | None
 ) -> Next | Then | None:
     # Recorded whatever the token, as a create is: the cloud started this job.
-    with claim(chain, owned=False) as (session, request):
+    with claim(chain, owned=False, attachments=True) as (session, request):
         record_cloud_job(session, request, job_id, job)
         attachment = request.attachments[position]
         if attachment.state is not A.ATTACHING or attachment.job_id:
@@ -254,7 +254,7 @@ def _look_at_disk(chain: Chain, target: Target, attach_next: bool = False) -> Ne
     status = volume.get("status")
     here = any(a.get("server_id") == server_id for a in volume.get("attachments") or [])
     wait, progress = None, True
-    with claim(chain) as (session, request):
+    with claim(chain, attachments=True) as (session, request):
         attachment = request.attachments[position]
         if request.state is not S.ATTACHING or attachment.intent_at is None:
             return handoff(request)
@@ -299,21 +299,21 @@ def _attached(session, request: ServerRequest, attachment, how: str) -> Next:
 
 def _not_sent(chain: Chain, position: int) -> None:
     """The attach never reached the cloud: no intent left behind."""
-    with claim(chain) as (_session, request):
+    with claim(chain, attachments=True) as (_session, request):
         attachment = request.attachments[position]
         if attachment.state is A.ATTACHING and not attachment.job_id:
             attachment.state, attachment.intent_at = A.PENDING, None
 
 
 def _count_attempt(chain: Chain, position: int) -> None:
-    with claim(chain) as (_session, request):
+    with claim(chain, attachments=True) as (_session, request):
         request.attachments[position].attempt += 1
 
 
 def _refused(chain: Chain, target: Target, exc: BadRequest | Conflict) -> Next | None:
     """The cloud said no. The disk tells whether the refusal was our own earlier attach."""
     position = target.position
-    with claim(chain) as (_session, request):
+    with claim(chain, attachments=True) as (_session, request):
         attachment = request.attachments[position]
         attachment.attempt += 1
         request.last_error_code = exc.error_code
@@ -323,7 +323,7 @@ def _refused(chain: Chain, target: Target, exc: BadRequest | Conflict) -> Next |
         return settled
     # The disk is free: the refusal was about something else (the server busy, a bad device).
     wait = None
-    with claim(chain) as (session, request):
+    with claim(chain, attachments=True) as (session, request):
         attachment = request.attachments[position]
         worth_again = is_retryable(exc.error_code, from_job=False) or exc.error_code in (
             REFUSALS_WORTH_RETRYING

@@ -47,7 +47,7 @@ from celery.canvas import Signature
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from bms.exceptions import CloudAPIError, CloudError, Throttled
 from models.base import utcnow
@@ -132,20 +132,27 @@ def clamp(seconds: float) -> float:
 
 
 @contextmanager
-def claim(chain: Chain, *, owned: bool = True) -> Iterator[tuple[Session, ServerRequest]]:
+def claim(
+    chain: Chain, *, owned: bool = True, attachments: bool = False
+) -> Iterator[tuple[Session, ServerRequest]]:
     """One short transaction on the request row, locked.
 
     ``owned=False`` skips the ownership check: only for recording a fact about the cloud that
     must not be lost whichever message learnt it (a create the cloud accepted); the caller then
     hands off only if ``chain.owns(request)``.
 
+    ``attachments``: the request's volume attachments are read in the same statement (the
+    attach steps use them all; a lazy load would be a second SELECT). Only the request's row
+    is locked, as without it.
+
     :raises StaleChain: the request is gone, or (``owned``) its token is not the message's.
     """
+    query = select(ServerRequest).where(ServerRequest.id == uuid.UUID(chain.request_id))
+    if attachments:
+        query = query.options(joinedload(ServerRequest.attachments))
     with session_scope(runtime().sessions) as session:
-        request = session.scalar(
-            select(ServerRequest)
-            .where(ServerRequest.id == uuid.UUID(chain.request_id))
-            .with_for_update()
+        request = (
+            session.execute(query.with_for_update(of=ServerRequest)).unique().scalar_one_or_none()
         )
         if request is None or (owned and not chain.owns(request)):
             raise StaleChain(chain.request_id)

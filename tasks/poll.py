@@ -207,7 +207,7 @@ def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> 
 def poll_attach_job(chain: Chain) -> Next | None:
     """Watch the current attach job; once it is done, the next volume's attach goes on in this
     run when an attach slot is free (see :mod:`tasks.attach`)."""
-    with claim(chain) as (_session, request):
+    with claim(chain, attachments=True) as (_session, request):
         attachment = _current_attachment(request)
         if request.state is not S.ATTACHING or attachment is None or not attachment.job_id:
             return handoff(request)
@@ -233,7 +233,7 @@ def poll_attach_job(chain: Chain) -> Next | None:
 
 def _attach_polled(chain: Chain, job_id: str, job: Job, slot: Slot | None) -> Next | Then:
     wait = None
-    with claim(chain) as (session, request):
+    with claim(chain, attachments=True) as (session, request):
         attachment = _current_attachment(request)
         if attachment is None or attachment.job_id != job_id:
             return handoff(request)
@@ -259,7 +259,7 @@ def _attach_polled(chain: Chain, job_id: str, job: Job, slot: Slot | None) -> Ne
 def _attach_job_forgotten(chain: Chain, job_id: str) -> Next:
     """The cloud no longer knows the attach job: the disk's status tells what it did, as after
     a lost answer (the attach step reads it before any new POST)."""
-    with claim(chain) as (session, request):
+    with claim(chain, attachments=True) as (session, request):
         attachment = _current_attachment(request)
         if attachment is None or attachment.job_id != job_id:
             return handoff(request)
