@@ -43,6 +43,7 @@ from models.records import AttachmentState, CloudJob, JobKind, ServerRequest, tr
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, spread, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
+from tasks.finish import at_once
 from tasks.timing import DEADLINES, first_poll
 from worker.limiter import NoCapacity
 from worker.runtime import runtime
@@ -234,7 +235,7 @@ def attach_done(session, request: ServerRequest, attachment, slot: Slot | None) 
     following = _due(request)
     if following is None:
         transition(session, request, S.TAGGING, detail="volumes attached")
-        return handoff(request)
+        return at_once(handoff(request), request)
     fresh = following.state is A.PENDING and following.intent_at is None
     if slot is None or slot.held is None or not fresh:
         return handoff(request, slot.wait if slot is not None and slot.wait else None)
@@ -294,7 +295,7 @@ def _attached(session, request: ServerRequest, attachment, how: str) -> Next:
     attachment.state, attachment.job_id, attachment.intent_at = A.ATTACHED, None, None
     if all(a.state is A.ATTACHED for a in request.attachments):
         transition(session, request, S.TAGGING, detail=f"volumes attached ({how})")
-    return handoff(request)
+    return at_once(handoff(request), request)
 
 
 def _not_sent(chain: Chain, position: int) -> None:

@@ -96,9 +96,17 @@ class Wait(Exception):
 
 @dataclass
 class Next:
-    """What a step hands on: the next signature, sent once the step's transaction committed."""
+    """What a step hands on: the next signature, sent once the step's transaction committed.
+
+    ``then``: that next step done at once in this run instead, from what the step's
+    transaction saw (no message, no claim to load the row again). Only for a step the
+    signature names that needs nothing but the row as committed; it returns what to hand on
+    after it. Should it raise, the signature is sent after all: the committed row says where
+    the chain stands, and the step it names repeats what was done (see :func:`hand_on`).
+    """
 
     signature: Signature | None
+    then: Callable[[], Next | None] | None = None
 
 
 @dataclass
@@ -111,6 +119,9 @@ class Chain:
 
     request_id: str
     fence: int
+    #: The create job the message's poll is about, as the hand-off saw it (see tasks.plan);
+    #: ``None``: not carried, the step reads it from the row.
+    job_id: str | None = None
 
     def owns(self, request: ServerRequest) -> bool:
         return request.fence == self.fence
@@ -249,8 +260,9 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
             transient_errors: int = 0,
             slot: int | None = None,
             alive_at: float | None = None,
+            job_id: str | None = None,
         ) -> None:
-            chain = Chain(request_id, fence)
+            chain = Chain(request_id, fence, job_id)
             retry = functools.partial(_retry, self, chain, alive_at=alive_at)
             try:
                 with _holding(api_class if capacity_first else None, slot, self.request.eta):
@@ -292,13 +304,40 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
                 log.exception("%s %s: unexpected error", name, request_id)
                 _end_step(chain, step, INTERNAL_ERROR_CODE, _describe(exc))
                 return
-            if outcome is not None and outcome.signature is not None:
-                outcome.signature.apply_async()
+            hand_on(outcome)
 
         body.task = run  # the registered task; the function itself stays callable for tests
         return body
 
     return decorate
+
+
+def hand_on(outcome: Next | None) -> None:
+    """Send what a step hands on, or do it now when the step says how (``Next.then``).
+
+    A step done at once that fails in any way (a cloud error, no quota now, the database)
+    leaves its row as the previous step committed it: its message is sent after all, and
+    that run meets the error with the step's own retries and budget. A step done at once that
+    finds another message owns the request stops, as that message's run would.
+    """
+    while outcome is not None and outcome.signature is not None:
+        if outcome.then is None:
+            outcome.signature.apply_async()
+            return
+        try:
+            following = outcome.then()
+        except StaleChain:
+            return
+        except Throttled as exc:
+            if exc.api_class:
+                runtime().limiter.back_off(exc.api_class, exc.retry_after)
+            outcome.signature.apply_async()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure: the message does it properly
+            log.info("%s done at once failed (%s): sending it", outcome.signature.task, exc)
+            outcome.signature.apply_async()
+            return
+        outcome = following
 
 
 def send_each(items: Iterable[T], signature_of: Callable[[T], Signature | None]) -> int:
@@ -385,6 +424,8 @@ def _retry(
         "transient_errors": transient_errors,
         "alive_at": alive_at,
     }
+    if chain.job_id is not None:
+        kwargs["job_id"] = chain.job_id
     countdown = clamp(seconds if jittered else jitter(seconds))
     return task.retry(kwargs=kwargs, countdown=countdown, max_retries=None)
 

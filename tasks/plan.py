@@ -123,6 +123,9 @@ def step_signature(name: str, request: ServerRequest, countdown: float | None = 
     """The step ``name`` of ``request`` as an immutable signature (its id and fencing token)."""
     # alive_at: when the row was last touched (this hand-off), for the wrapper's keep-alive.
     kwargs = {"request_id": str(request.id), "fence": request.fence, "alive_at": time.time()}
+    if name == "bms.poll_create_job":
+        # What the poll needs: it calls the cloud first, then claims the row once.
+        kwargs["job_id"] = request.job_id
     # ignore_result: a sender that does not know the task (the API, the CLI) would otherwise
     # subscribe to a result that never comes, once per message.
     options = {"countdown": countdown} if countdown else {}

@@ -13,7 +13,9 @@ handed to cleanup as soon as the poll comes back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
 
 from bms.exceptions import NotFound
 from bms.jobs import Job, JobOutcome
@@ -31,28 +33,50 @@ from models.states import RequestState, Step
 from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, take_slot
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
+from tasks.finish import at_once
 from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
 from worker.runtime import runtime
 
 S = RequestState
 
 
-def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKind) -> CloudJob:
-    """Store what the poll saw, and mark the request as making progress."""
-    cloud_job = session.get(CloudJob, job_id)
-    if cloud_job is None:
-        # Not recorded (a row of an older release): its deadline counts from now.
-        cloud_job = CloudJob(job_id=job_id, request_id=request.id, kind=kind, polls=0)
-        session.add(cloud_job)
-        session.flush()
-    cloud_job.status = job.status
-    cloud_job.polls += 1
-    cloud_job.begin_time, cloud_job.end_time = job.begin_time, job.end_time
+@dataclass(frozen=True)
+class _Seen:
+    """What a poll needs of a job's row once its answer is stored: when it began, and how often
+    it was polled."""
+
+    kind: JobKind
+    created_at: datetime
+    polls: int
+
+
+def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKind) -> _Seen:
+    """Store what the poll saw (one UPDATE of the job's row), and mark the request as making
+    progress."""
+    jobs = CloudJob.__table__
+    values = {
+        "status": job.status,
+        "polls": jobs.c.polls + 1,
+        "begin_time": job.begin_time,
+        "end_time": job.end_time,
+        "updated_at": utcnow(),
+    }
     failure = job.failures[0] if job.failures else None
     if failure is not None:
-        cloud_job.error_code, cloud_job.fail_reason = failure.error_code, failure.fail_reason
+        values |= {"error_code": failure.error_code, "fail_reason": failure.fail_reason}
+    seen = session.execute(
+        update(jobs)
+        .where(jobs.c.job_id == job_id)
+        .values(values)
+        .returning(jobs.c.kind, jobs.c.created_at, jobs.c.polls)
+    ).one_or_none()
+    if seen is None:
+        # Not recorded (a row of an older release): its deadline counts from now.
+        values |= {"polls": 1}
+        session.add(CloudJob(job_id=job_id, request_id=request.id, kind=kind, **values))
+        seen = (kind, utcnow(), 1)
     request.updated_at = utcnow()
-    return cloud_job
+    return _Seen(*seen)
 
 
 def _posted_at(session, job_id: str):
@@ -61,7 +85,7 @@ def _posted_at(session, job_id: str):
     return cloud_job.created_at if cloud_job else utcnow()
 
 
-def _still_running(cloud_job: CloudJob) -> float | None:
+def _still_running(cloud_job: _Seen) -> float | None:
     """Seconds until the next poll, or ``None`` when the job is past its deadline."""
     age = utcnow() - as_utc(cloud_job.created_at)
     if age > timedelta(seconds=DEADLINES[cloud_job.kind]):
@@ -69,19 +93,33 @@ def _still_running(cloud_job: CloudJob) -> float | None:
     return next_poll(cloud_job.kind, cloud_job.polls)
 
 
+def _watching(request: ServerRequest, job_id: str | None) -> bool:
+    """The request still waits on its create job ``job_id`` (``None``: on any)."""
+    return (
+        request.state in (S.BUILDING, S.CANCELLED)
+        and request.job_id is not None
+        and (job_id is None or request.job_id == job_id)
+    )
+
+
 @step_task("bms.poll_create_job", Step.POLL_CREATE)
 def poll_create_job(chain: Chain) -> Next | None:
-    with claim(chain) as (_session, request):
-        if request.state not in (S.BUILDING, S.CANCELLED) or not request.job_id:
-            return handoff(request)
-        job_id = request.job_id
+    # The message names the job (a hand-off sends it, see tasks.plan): no transaction before
+    # the call, the one after it checks that the row still waits on that job. A message
+    # without it (sent by an earlier release) reads it from the row first.
+    job_id = chain.job_id
+    if job_id is None:
+        with claim(chain) as (_session, request):
+            if not _watching(request, None):
+                return handoff(request)
+            job_id = request.job_id
     try:
         job = runtime().client.show_job(job_id)
     except NotFound:
         return _job_forgotten(chain, job_id)
     wait = None
     with claim(chain) as (session, request):
-        if request.job_id != job_id:
+        if not _watching(request, job_id):
             return handoff(request)
         cloud_job = _record(session, request, job_id, job, JobKind.CREATE)
         if job.outcome is JobOutcome.RUNNING:
@@ -108,7 +146,7 @@ def _job_forgotten(chain: Chain, job_id: str) -> Next:
     found the way a lost answer's is: by listing the name for the create's marker, so a poll of
     a forgotten job neither fails every retry the same way nor creates a second server."""
     with claim(chain) as (session, request):
-        if request.job_id != job_id:
+        if not _watching(request, job_id):
             return handoff(request)
         if not request.create_marker:  # a row of the release that renamed: nothing to look up
             failure = _CreateFailure([], "ORCH.JOB_UNKNOWN", f"job {job_id} unknown")
@@ -158,6 +196,14 @@ def wait_server_built(chain: Chain) -> Next | None:
     raise Wait(first_poll(JobKind.CREATE), "server building")
 
 
+def has_attachments(request: ServerRequest) -> bool:
+    """Whether the request has volumes to attach: its spec says so (intake stores one row per
+    volume listed there), so the rows are loaded only by the steps that attach them. A spec
+    without the list (a row stored by hand) is answered from the rows."""
+    volumes = request.spec.get("attach_volumes")
+    return bool(volumes) if volumes is not None else bool(request.attachments)
+
+
 @dataclass
 class _CreateFailure:
     server_ids: list[str]
@@ -172,10 +218,10 @@ def _create_done(session, request: ServerRequest, server_id: str) -> Next:
         # Cancelled while being created: the rule is finish, then delete (see README).
         request.cleanup_server_id, request.cleanup_attempts = server_id, 0
         return handoff(request)
-    next_state = S.ATTACHING if request.attachments else S.TAGGING
+    next_state = S.ATTACHING if has_attachments(request) else S.TAGGING
     request.step_done = None
     transition(session, request, next_state, detail=f"server {server_id} built")
-    return handoff(request)
+    return at_once(handoff(request), request)
 
 
 def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> Next:

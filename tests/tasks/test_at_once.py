@@ -1,0 +1,285 @@
+"""Less work per server (issue 11): a poll that claims its row once, and the tagging stage done
+in the run of the poll that ends the create, with every guarantee of the steps it replaces."""
+
+from __future__ import annotations
+
+import pytest
+from celery.canvas import Signature
+from sqlalchemy import event
+
+from bms.exceptions import CloudAPIError, Throttled
+from models.db import session_scope
+from models.records import CloudJob, JobKind
+from models.states import RequestState, Step
+from tasks.base import Chain, StaleChain, hand_on
+from tasks.plan import step_signature
+from tasks.poll import poll_create_job
+from tests.tasks.stepkit import job, next_task
+
+S = RequestState
+ACTIVE_SERVER = {"id": "srv-1", "status": "ACTIVE", "addresses": {"net": []}}
+
+
+def building(bench, volumes: int = 0, **fields):
+    spec = {"create_body": {"name": "web", "metadata": {}}, "tags": ["t1"], "attach_volumes": []}
+    spec["attach_volumes"] = [{"volume_id": f"vol-{i + 1}"} for i in range(volumes)]
+    fields = {"attempt": 1, "create_serial": 1, **fields}
+    request_id = bench.add(S.BUILDING, volumes=volumes, job_id="job-1", **fields)
+    bench.set(request_id, spec=spec)  # as intake stores it: the volumes listed
+    with session_scope(bench.sessions) as session:
+        session.add(CloudJob(job_id="job-1", request_id=request_id, kind=JobKind.CREATE))
+    return request_id
+
+
+def carrying_job(bench, request_id) -> Chain:
+    """The chain as the poll's message carries it (see ``tasks.plan.step_signature``)."""
+    return Chain(str(request_id), bench.get(request_id).fence, bench.get(request_id).job_id)
+
+
+@pytest.fixture
+def statements(database):
+    """The SQL statements sent while the test runs (first words only)."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(database.engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Signatures sent, instead of going to a broker."""
+    sent: list[Signature] = []
+    monkeypatch.setattr(Signature, "apply_async", lambda self, *a, **k: sent.append(self))
+    return sent
+
+
+def test_the_poll_message_carries_its_job(bench):
+    request_id = building(bench)
+    with session_scope(bench.sessions) as session:
+        from models.records import ServerRequest
+
+        request = session.get(ServerRequest, request_id)
+        signature = step_signature("bms.poll_create_job", request)
+    assert signature.kwargs["job_id"] == "job-1"
+
+
+def test_a_poll_carrying_its_job_locks_the_row_once_and_reads_no_attachment(bench, statements):
+    request_id = building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    chain = carrying_job(bench, request_id)
+    statements.clear()
+
+    outcome = poll_create_job(chain)
+
+    assert next_task(outcome) == "bms.apply_tags"
+    claims = [s for s in statements if s.startswith("SELECT") and "FROM server_requests" in s]
+    assert len(claims) == 1
+    assert not [s for s in statements if "volume_attachments" in s]
+    assert not [s for s in statements if s.startswith("SELECT") and "FROM cloud_jobs" in s]
+    stored = bench.get(request_id)
+    assert (stored.state, stored.server_id, stored.job_id) == (S.TAGGING, "srv-1", None)
+    with session_scope(bench.sessions) as session:
+        assert (session.get(CloudJob, "job-1").status, session.get(CloudJob, "job-1").polls) == (
+            "SUCCESS",
+            1,
+        )
+
+
+def test_a_poll_carrying_a_job_the_row_no_longer_waits_on_records_nothing(bench):
+    request_id = building(bench)
+    chain = carrying_job(bench, request_id)
+    bench.set(request_id, job_id="job-2")  # the create was looked up and posted again
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+
+    outcome = poll_create_job(chain)
+
+    assert next_task(outcome) == "bms.poll_create_job"
+    assert outcome.signature.kwargs["job_id"] == "job-2"
+    assert bench.get(request_id).state is S.BUILDING
+    with session_scope(bench.sessions) as session:
+        assert session.get(CloudJob, "job-1").polls == 0
+
+
+def test_a_poll_carrying_its_job_of_a_failed_request_hands_on_nothing(bench):
+    # FAILED with its job id kept: the row says so at the one claim, after the call.
+    request_id = building(bench)
+    chain = carrying_job(bench, request_id)
+    bench.set(request_id, state=S.FAILED, failed_step=Step.POLL_CREATE)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+
+    outcome = poll_create_job(chain)
+
+    assert next_task(outcome) is None
+    assert bench.get(request_id).state is S.FAILED
+
+
+def test_a_running_job_is_polled_again_with_the_job_in_the_message(bench):
+    from tasks.base import Wait
+
+    request_id = building(bench)
+    bench.client.on("show_job", job("RUNNING"))
+    chain = carrying_job(bench, request_id)
+
+    with pytest.raises(Wait):
+        poll_create_job(chain)
+
+    assert chain.job_id == "job-1" and chain.fence == bench.get(request_id).fence
+    with session_scope(bench.sessions) as session:
+        assert session.get(CloudJob, "job-1").polls == 1
+
+
+def test_a_job_without_its_row_is_recorded_by_the_poll(bench):
+    request_id = bench.add(S.BUILDING, job_id="job-9", attempt=1, create_serial=1)
+    bench.client.on("show_job", job("RUNNING", job_id="job-9"))
+
+    from tasks.base import Wait
+
+    with pytest.raises(Wait):
+        poll_create_job(bench.chain(request_id))
+
+    with session_scope(bench.sessions) as session:
+        stored = session.get(CloudJob, "job-9")
+        assert (stored.kind, stored.polls, stored.status) == (JobKind.CREATE, 1, "RUNNING")
+
+
+def test_a_server_with_volumes_goes_to_attaching_as_its_spec_says(bench, sent):
+    request_id = building(bench, volumes=2)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+
+    outcome = poll_create_job(carrying_job(bench, request_id))
+
+    assert bench.get(request_id).state is S.ATTACHING
+    assert next_task(outcome) == "bms.attach_volume" and outcome.then is None
+
+
+def test_the_create_done_finishes_the_server_in_the_same_run(bench, sent):
+    request_id = building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", None)
+    bench.client.on("show_server", ACTIVE_SERVER)
+
+    hand_on(poll_create_job(carrying_job(bench, request_id)))
+
+    assert sent == []  # no message: tags, name and read-back were done at once
+    stored = bench.get(request_id)
+    assert (stored.state, stored.step_done, stored.addresses) == (
+        S.ACTIVE,
+        Step.FINALIZE,
+        {"net": []},
+    )
+    assert [name for name, _args in bench.client.calls] == [
+        "show_job",
+        "replace_tags",
+        "show_server",
+    ]
+    assert bench.client.calls[1][1] == ("srv-1", ["t1", "__type_baremetal"])
+    states = [(before, after) for before, after, _detail in bench.events(request_id)]
+    assert states[-2:] == [("BUILDING", "TAGGING"), ("TAGGING", "ACTIVE")]
+
+
+def test_a_server_named_otherwise_is_renamed_in_the_same_run(bench, sent):
+    request_id = building(bench, create_serial=0)  # created under a marker name
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", None)
+    bench.client.on("rename_server", {})
+    bench.client.on("show_server", ACTIVE_SERVER)
+
+    hand_on(poll_create_job(carrying_job(bench, request_id)))
+
+    assert bench.client.count("rename_server") == 1
+    assert bench.get(request_id).state is S.ACTIVE and sent == []
+
+
+def test_a_cancel_during_the_stage_done_at_once_deletes_the_server(bench, sent):
+    request_id = building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", None)
+    bench.client.on("show_server", bench.cancel_during(request_id, ACTIVE_SERVER))
+
+    hand_on(poll_create_job(carrying_job(bench, request_id)))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.cleanup_server_id == "srv-1"
+    assert [signature.task for signature in sent] == ["bms.delete_server"]
+
+
+def test_a_server_not_active_at_the_read_back_fails_at_finalize(bench, sent):
+    request_id = building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", None)
+    bench.client.on("show_server", {"id": "srv-1", "status": "ERROR"})
+
+    hand_on(poll_create_job(carrying_job(bench, request_id)))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.failed_step, stored.step_done) == (
+        S.FAILED,
+        Step.FINALIZE,
+        Step.RENAME,
+    )
+    assert sent == []
+
+
+def throttled_nova() -> Throttled:
+    error = Throttled(429, "APIGW.0308", "quota", retry_after=3.0)
+    error.api_class = "nova"
+    return error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CloudAPIError(500, "BMS.9999", "boom"),
+        throttled_nova(),
+        CloudAPIError(400, "BMS.0001", "bad tags"),
+    ],
+    ids=["transient", "throttled", "refused"],
+)
+def test_a_call_of_the_stage_that_fails_sends_the_stage_s_first_step(bench, sent, error):
+    # The row is as the poll committed it: the step's own run meets the error with its own
+    # budget and failure step (a failure here is never charged to the poll).
+    request_id = building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", error)
+
+    hand_on(poll_create_job(carrying_job(bench, request_id)))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.step_done, stored.failed_step) == (S.TAGGING, None, None)
+    assert [signature.task for signature in sent] == ["bms.apply_tags"]
+    assert sent[0].kwargs["fence"] == stored.fence
+    if isinstance(error, Throttled):
+        assert bench.limiter.backed_off == [("nova", 3.0)]
+
+
+def test_the_stage_done_at_once_stops_when_another_message_owns_the_request(bench, sent):
+    request_id = building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", None)
+
+    def taken_over(*_args):
+        # The reconciler rebuilt the chain meanwhile: its message owns the request now.
+        bench.set(request_id, fence=bench.get(request_id).fence + 1)
+        return ACTIVE_SERVER
+
+    bench.client.on("show_server", taken_over)
+
+    hand_on(poll_create_job(carrying_job(bench, request_id)))
+
+    assert bench.get(request_id).state is S.TAGGING
+    assert sent == []
+
+
+def test_a_stale_poll_is_stopped_before_anything_is_done_at_once(bench, sent):
+    request_id = building(bench)
+    chain = carrying_job(bench, request_id)
+    bench.set(request_id, fence=chain.fence + 1)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+
+    with pytest.raises(StaleChain):
+        poll_create_job(chain)
+    assert bench.get(request_id).state is S.BUILDING
