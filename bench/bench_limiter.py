@@ -118,6 +118,9 @@ class Result:
     finished: bool = False
     total_seconds: float = 0.0
     create_times: list[float] = field(default_factory=list)
+    #: Attach admissions (``--volumes``) and the submission's instant, monotonic.
+    attach_times: list[float] = field(default_factory=list)
+    started: float = 0.0
     counters: dict = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
     cpu_seconds: float = 0.0
@@ -214,8 +217,11 @@ def start_simulator(
         exceeded = admit(api_class)
         if exceeded is None and api_class == "create":
             admitted.append(time.monotonic())
+        elif exceeded is None and api_class == "attach":
+            server.attach_times.append(time.monotonic())
         return exceeded
 
+    server.attach_times = []  # with --volumes: where the makespan's tail goes
     book.admit = timed_admit
     server.start()
     server.control.add_subnet(*BENCH_SUBNET)  # in the catalog's default VPC
@@ -375,6 +381,7 @@ def run_on(args, variant: Variant, database_url: str, redis_url: str, directory:
         sessions = make_session_factory(engine)
         result = measure(args, variant, sessions, workers, redis_url, volume_ids)
         result.create_times = list(admitted)
+        result.attach_times = list(sim.attach_times)
         result.counters = sim.control.counters()
         return result
     finally:
@@ -391,7 +398,7 @@ def measure(args, variant: Variant, sessions, workers, redis_url: str, volume_id
     result = Result(variant, args.servers)
     batch_spec = parse_batch(batch(args.servers, list(volume_ids), args.volumes))
     cpu_before = cpu_seconds(workers)
-    started = time.monotonic()
+    started = result.started = time.monotonic()
     submitted = submit(sessions, batch_spec, BatchSource.CLI)
     if args.stop_after:
         # Waiting figures: the batch is far from done when the run stops, by design.
@@ -477,6 +484,10 @@ def lower_bound(args) -> tuple[str, float]:
     return " and ".join(c for c, t in times.items() if t >= bound - 1e-9), bound
 
 
+def _last(times: list[float], started: float) -> str:
+    return f"{max(times) - started:.1f} s" if times else "-"
+
+
 def volumes_report(args, result: Result, fig: Figures) -> str:
     """The figures of a ``--volumes`` run: makespan against the bound, costs per server,
     calls and faults per class, task runs per server by task."""
@@ -497,7 +508,9 @@ def volumes_report(args, result: Result, fig: Figures) -> str:
     return "\n".join(
         [
             f"lower bound ({busiest}, at {quotas_text}): {bound:.1f} s; "
-            f"makespan {result.total_seconds:.1f} s{end} = {result.total_seconds / bound:.3f} x",
+            f"makespan {result.total_seconds:.1f} s{end} = {result.total_seconds / bound:.3f} x; "
+            f"last create admitted at {_last(result.create_times, result.started)}, last attach "
+            f"at {_last(result.attach_times, result.started)} (from the submission)",
             f"per ACTIVE server ({fig.active}/{result.servers}): task runs {fig.task_runs:.2f}, "
             f"SQL statements {fig.statements:.1f}, commits {fig.commits:.1f}, "
             f"CPU {fig.cpu:.3f} s",

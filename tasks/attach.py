@@ -25,9 +25,13 @@ still attached one at a time, in order, each behind its intent.
 
 from __future__ import annotations
 
+import uuid
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import aliased
 
 from bms.exceptions import (
     BadRequest,
@@ -39,7 +43,15 @@ from bms.exceptions import (
 )
 from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
-from models.records import AttachmentState, CloudJob, JobKind, ServerRequest, transition
+from models.db import session_scope
+from models.records import (
+    AttachmentState,
+    CloudJob,
+    JobKind,
+    ServerRequest,
+    VolumeAttachment,
+    transition,
+)
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, spread, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
@@ -113,6 +125,9 @@ def take_slot() -> Slot:
 
 @step_task("bms.attach_volume", Step.ATTACH, capacity_first=True)
 def attach_volume(chain: Chain) -> Next | None:
+    target = _fresh_intent(chain)
+    if target is not None:
+        return attach_from(chain, target)
     with claim(chain, attachments=True) as (session, request):
         attachment = _due(request)
         if request.state is not S.ATTACHING or attachment is None or attachment.job_id:
@@ -128,6 +143,52 @@ def attach_volume(chain: Chain) -> Next | None:
         if settled is not None:
             return settled
     return attach_from(chain, target)
+
+
+def _fresh_intent(chain: Chain) -> Target | None:
+    """The usual run, in one statement: when the request is this message's and ATTACHING, and
+    its first volume not attached is untouched (no intent, no job, attempts left), that volume's
+    intent is written and what its POST needs is returned. ``None``: anything else (nothing
+    written), which the claim that follows sorts out.
+
+    As safe as the claim: the intent is written by a conditional UPDATE of the volume's row, so
+    of two copies of the message, the second waits on the first's row lock and then finds the
+    intent (PostgreSQL re-checks the condition on the row it waited for; SQLite writes one
+    transaction at a time).
+    """
+    request_id = uuid.UUID(chain.request_id)
+    V, R, other = VolumeAttachment, ServerRequest, aliased(VolumeAttachment)
+    due = (
+        select(V.id)
+        .where(V.request_id == request_id, V.state != A.ATTACHED)
+        .order_by(V.position)
+        .limit(1)
+        .scalar_subquery()
+    )
+    owned = (
+        select(R.id).where(R.id == request_id, R.fence == chain.fence, R.state == S.ATTACHING)
+    ).exists()
+    server_id = select(R.server_id).where(R.id == request_id).scalar_subquery()
+    unattached = (
+        select(func.count())
+        .select_from(other)
+        .where(other.request_id == request_id, other.state != A.ATTACHED)
+        .scalar_subquery()
+    )
+    statement = (
+        update(V)
+        .where(V.id == due, V.state == A.PENDING, V.intent_at.is_(None), V.job_id.is_(None))
+        .where(V.attempt < runtime().settings.max_attempts, owned)
+        .values(state=A.ATTACHING, intent_at=utcnow())
+        .returning(V.position, V.volume_id, V.device, server_id, unattached)
+        .execution_options(synchronize_session=False)
+    )
+    with session_scope(runtime().sessions) as session:
+        row = session.execute(statement).one_or_none()
+    if row is None:
+        return None
+    position, volume_id, device, server, left = row
+    return Target(position, server, volume_id, device, more=left > 1)
 
 
 def attach_from(chain: Chain, target: Target, slot: ExitStack | None = None) -> Next | None:

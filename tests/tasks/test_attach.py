@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import event
 
 from bms.exceptions import BadRequest, CloudConnectionError, ServerError
 from models.records import AttachmentState
@@ -350,3 +351,45 @@ def test_a_volume_out_of_attempts_fails_the_request_before_its_post(bench):
     stored = bench.get(request_id)
     assert stored.state is S.FAILED and stored.failed_step is Step.ATTACH
     assert bench.client.count("attach_volume") == 1
+
+
+def test_a_fresh_attach_writes_its_intent_in_one_statement_before_its_post(bench):
+    # The usual first run: one conditional UPDATE (before: a locked SELECT of the request, a
+    # SELECT of its attachments and the UPDATE).
+    request_id = attaching(bench)
+    engine = bench.sessions.kw["bind"]
+    statements = []
+
+    def count(_conn, _cursor, statement, *_args, **_kwargs):
+        if not statement.startswith("BEGIN"):  # SQLite's explicit BEGIN IMMEDIATE
+            statements.append(statement)
+
+    def answer(*_args):
+        stored = bench.get(request_id).attachments[0]
+        assert stored.state is A.ATTACHING and stored.intent_at is not None  # before the call
+        return "job-1"
+
+    message = bench.chain(request_id)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        seen_before_post = []
+        bench.client.on(
+            "attach_volume", lambda *args: (seen_before_post.append(len(statements)), answer())[1]
+        )
+        attach_volume(message)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert seen_before_post == [1]
+
+
+def test_a_cancelled_request_gets_no_intent_from_the_one_statement_path(bench):
+    request_id = attaching(bench)
+    from tasks.control import cancel
+
+    cancel(bench.sessions, [request_id])
+
+    outcome = attach_volume(bench.chain(request_id))
+
+    assert bench.get(request_id).attachments[0].intent_at is None
+    assert next_task(outcome) == "bms.delete_server"
+    assert bench.client.count("attach_volume") == 0
