@@ -30,6 +30,12 @@ from models.webhooks import WebhookDelivery, WebhookEvent, WebhookTarget
 
 #: ``session.info`` key: ids of deliveries added in the current transaction.
 NEW_DELIVERIES = "bms_new_webhook_deliveries"
+#: Batches this process found without a webhook target. A target is stored with its batch, in
+#: the intake's transaction, and never added later: such a batch will never have one, and its
+#: requests' final transitions need not look again (one SELECT per server saved). Bounded: the
+#: set starts again past this many.
+NO_TARGET_LIMIT = 10_000
+_no_target: set[uuid.UUID] = set()
 
 
 def request_payload(
@@ -80,11 +86,15 @@ def _add_request_deliveries(session: Session, _context, _instances) -> None:
     with session.no_autoflush:
         for finished in events:
             request = session.get(ServerRequest, finished.request_id)
-            if request is None:
+            if request is None or request.batch_id in _no_target:
                 continue
             if request.batch_id not in targets:
                 targets[request.batch_id] = session.get(WebhookTarget, request.batch_id)
             target = targets[request.batch_id]
+            if target is None:
+                if len(_no_target) >= NO_TARGET_LIMIT:
+                    _no_target.clear()
+                _no_target.add(request.batch_id)
             if target is None or not target.request_events:
                 continue
             delivery_id, kind = uuid.uuid4(), webhook_event(finished)

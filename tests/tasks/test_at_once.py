@@ -283,3 +283,19 @@ def test_a_stale_poll_is_stopped_before_anything_is_done_at_once(bench, sent):
     with pytest.raises(StaleChain):
         poll_create_job(chain)
     assert bench.get(request_id).state is S.BUILDING
+
+
+def test_a_batch_without_a_webhook_target_is_looked_up_once(bench, statements):
+    from models.records import ServerRequest, transition
+
+    first, second = bench.add(S.TAGGING), bench.add(S.TAGGING)
+    with session_scope(bench.sessions) as session:  # both in the first one's batch
+        session.get(ServerRequest, second).batch_id = session.get(ServerRequest, first).batch_id
+    statements.clear()
+
+    for request_id in (first, second):
+        with session_scope(bench.sessions) as session:
+            transition(session, session.get(ServerRequest, request_id), S.ACTIVE)
+
+    assert len([s for s in statements if "FROM webhook_targets" in s]) == 1
+    assert (bench.get(first).state, bench.get(second).state) == (S.ACTIVE, S.ACTIVE)
