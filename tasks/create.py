@@ -15,14 +15,19 @@ after the request moved on) are queued as strays and deleted by the sweeper, nev
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import String, cast, literal, update
+
 from bms.exceptions import BadRequest, CloudTransportError, Throttled
 from models.base import as_utc, utcnow
+from models.db import session_scope
 from models.records import (
     CloudJob,
+    Event,
     JobKind,
     ServerRequest,
     StrayServer,
@@ -49,15 +54,23 @@ def marker_for(request: ServerRequest) -> str:
 
 def create_body(request: ServerRequest) -> dict:
     """The create body: the requested name, and the marker in the metadata."""
-    body = dict(request.spec["create_body"])
-    body["name"] = request.name
-    body["metadata"] = {**body["metadata"], MARKER_METADATA_KEY: request.create_marker}
+    return _body(request.spec, request.name, request.create_marker)
+
+
+def _body(spec: dict, name: str, marker: str) -> dict:
+    body = dict(spec["create_body"])
+    body["name"] = name
+    body["metadata"] = {**body["metadata"], MARKER_METADATA_KEY: marker}
     return body
 
 
 # Capacity first: a create that must wait for quota learns it before it touches its row.
 @step_task("bms.create_server", Step.CREATE, capacity_first=True)
 def create_server(chain: Chain) -> Next | None:
+    started = _start_pending(chain)
+    if started is not None:
+        body, marker = started
+        return post_create(chain, body, marker, True, ONE_SERVER)
     with claim(chain) as (session, request):
         in_cloud_maybe = request.create_intent_at is not None
         if request.state not in (S.PENDING, S.CREATING) and not (
@@ -78,6 +91,41 @@ def create_server(chain: Chain) -> Next | None:
         if adopted is not None:
             return adopted
     return post_create(chain, body, marker, not in_cloud_maybe, ONE_SERVER)
+
+
+def _start_pending(chain: Chain) -> tuple[dict, str] | None:
+    """The usual first run, in two statements: a PENDING request this message owns, no create
+    under way, becomes CREATING with a new attempt, marker and intent in one conditional UPDATE
+    (returning what the POST needs), and its event is added. ``None``: anything else (a re-run,
+    a cancel, a stale message), which the claim sorts out."""
+    R = ServerRequest
+    request_id = uuid.UUID(chain.request_id)
+    now = utcnow()
+    # The marker as marker_for makes it, from the serial the UPDATE gives the row.
+    marker = literal(f"o{request_id.hex[:12]}a") + cast(R.create_serial + 1, String)
+    statement = (
+        update(R)
+        .where(R.id == request_id, R.fence == chain.fence, R.state == S.PENDING)
+        .where(R.create_intent_at.is_(None), R.group_id.is_(None))
+        .values(
+            state=S.CREATING,
+            attempt=R.attempt + 1,
+            create_serial=R.create_serial + 1,
+            create_marker=marker,
+            create_intent_at=now,
+            updated_at=now,
+        )
+        .returning(R.name, R.spec, R.create_marker)
+        .execution_options(synchronize_session=False)
+    )
+    with session_scope(runtime().sessions) as session:
+        row = session.execute(statement).one_or_none()
+        if row is None:
+            return None
+        name, spec, marker = row
+        session.add(Event(request_id=request_id, from_state=S.PENDING, to_state=S.CREATING,
+                          detail="dispatched", at=now))  # fmt: skip
+    return _body(spec, name, marker), marker
 
 
 def _live_with_marker(name: str, marker: str) -> list[dict]:

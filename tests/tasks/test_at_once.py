@@ -10,6 +10,7 @@ from sqlalchemy import event
 from bms.exceptions import CloudAPIError, Throttled
 from models.db import session_scope
 from models.records import CloudJob, JobKind
+from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
 from tasks.base import Chain, StaleChain, hand_on
 from tasks.plan import step_signature
@@ -299,3 +300,51 @@ def test_a_batch_without_a_webhook_target_is_looked_up_once(bench, statements):
 
     assert len([s for s in statements if "FROM webhook_targets" in s]) == 1
     assert (bench.get(first).state, bench.get(second).state) == (S.ACTIVE, S.ACTIVE)
+
+
+def test_a_first_create_writes_its_intent_in_one_update_before_the_post(bench, statements):
+    from types import SimpleNamespace
+
+    from tasks.create import create_server, marker_for
+
+    request_id = bench.add(S.PENDING, fence=1)
+    before_post: list[list[str]] = []
+
+    def answer(body):
+        before_post.append(list(statements))
+        stored = bench.get(request_id)  # committed before the call
+        assert (stored.state, stored.attempt, stored.create_serial) == (S.CREATING, 1, 1)
+        assert stored.create_intent_at is not None
+        assert body["metadata"][MARKER_METADATA_KEY] == stored.create_marker == marker_for(stored)
+        assert body["name"] == "web"
+        return SimpleNamespace(job_id="job-1")
+
+    bench.client.on("create_servers", answer)
+    statements.clear()
+
+    outcome = create_server(Chain(str(request_id), 1))
+
+    assert next_task(outcome) == "bms.poll_create_job"
+    sent = [s for s in before_post[0] if not s.startswith(("BEGIN", "SELECT server_requests.id"))]
+    locked = [s for s in before_post[0] if s.startswith("SELECT") and "server_requests" in s]
+    assert not locked, "no locked read before the POST"
+    assert [s.split()[0] for s in sent if s.split()[0] in ("UPDATE", "INSERT")] == [
+        "UPDATE",
+        "INSERT",
+    ]
+    stored = bench.get(request_id)
+    assert (stored.state, stored.job_id, stored.create_intent_at) == (S.BUILDING, "job-1", None)
+    assert [e[:3] for e in bench.events(request_id)][1] == ("PENDING", "CREATING", "dispatched")
+
+
+def test_a_stale_first_create_posts_nothing(bench):
+    from tasks.create import create_server
+
+    request_id = bench.add(S.PENDING, fence=2)
+
+    with pytest.raises(StaleChain):
+        create_server(Chain(str(request_id), 1))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.attempt, stored.create_marker) == (S.PENDING, 0, None)
+    assert bench.client.calls == []
