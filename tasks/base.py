@@ -47,7 +47,7 @@ from celery.canvas import Signature
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, selectinload
 
 from bms.exceptions import CloudAPIError, CloudError, Throttled
 from models.base import utcnow
@@ -152,19 +152,19 @@ def claim(
     must not be lost whichever message learnt it (a create the cloud accepted); the caller then
     hands off only if ``chain.owns(request)``.
 
-    ``attachments``: the request's volume attachments are read in the same statement (the
-    attach steps use them all; a lazy load would be a second SELECT). Only the request's row
-    is locked, as without it.
+    ``attachments``: the request's volume attachments are read too (the attach steps use them
+    all), in a SELECT of their own once the row is locked. Never joined to the locking
+    statement: on PostgreSQL, a statement that waited for the lock returns the request row as
+    committed but joined rows from the snapshot taken before the wait, so a second copy of a
+    step would act on attachments the first copy already changed (a second attach POST).
 
     :raises StaleChain: the request is gone, or (``owned``) its token is not the message's.
     """
     query = select(ServerRequest).where(ServerRequest.id == uuid.UUID(chain.request_id))
     if attachments:
-        query = query.options(joinedload(ServerRequest.attachments))
+        query = query.options(selectinload(ServerRequest.attachments))
     with session_scope(runtime().sessions) as session:
-        request = (
-            session.execute(query.with_for_update(of=ServerRequest)).unique().scalar_one_or_none()
-        )
+        request = session.scalar(query.with_for_update(of=ServerRequest))
         if request is None or (owned and not chain.owns(request)):
             raise StaleChain(chain.request_id)
         held = request.fence
