@@ -17,6 +17,7 @@ from models.records import ServerRequest, transition
 from models.spec import BAREMETAL_TAG
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, claim, fail, handoff, step_task
+from tasks.plan import step_signature
 from worker.runtime import runtime
 
 S = RequestState
@@ -54,11 +55,20 @@ def _load_stage(chain: Chain, step_before: Step | None):
 def at_once(outcome: Next, request: ServerRequest) -> Next:
     """``outcome`` (a hand-off that committed ``request`` to TAGGING, nothing of the stage
     done) with the whole stage done in the same run (``Next.then``): one transaction at its
-    end instead of three messages and six transactions."""
+    end instead of three messages and six transactions.
+
+    The hand-off's token is taken back: the message in hand keeps the request while it does the
+    stage. A worker killed during the stage leaves no message of the stage, only that one, which
+    the broker delivers again; with its token still the row's, its claim finds TAGGING and sends
+    the stage's first step (with the token advanced, it would stop as stale and the request wait
+    for the reconciler). The stage's message sent should the stage fail carries that token too.
+    """
     signature = outcome.signature
     if signature is None or signature.task != "bms.apply_tags" or request.step_done is not None:
         return outcome
-    chain = Chain(signature.kwargs["request_id"], signature.kwargs["fence"])
+    request.fence -= 1  # see above: the hand-off (tasks.base.handoff) advanced it by one
+    signature = step_signature("bms.apply_tags", request)
+    chain = Chain(str(request.id), request.fence)
     return Next(signature, then=functools.partial(finish_stage, chain, stage_of(request)))
 
 
