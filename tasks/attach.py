@@ -69,7 +69,8 @@ REFUSALS_WORTH_RETRYING = frozenset({"BMS.1001", "BMS.0103"})
 
 
 def _due(request: ServerRequest):
-    """The attachment to work on: the first one not attached, unless its job is being polled."""
+    """The attachment to work on: the first one not attached (the caller hands a request whose
+    attachment has a job to the poll)."""
     return next((a for a in request.attachments if a.state is not A.ATTACHED), None)
 
 

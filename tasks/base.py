@@ -1,9 +1,9 @@
 """The one task wrapper of the chain's steps, and what every step shares.
 
-A step is a plain function ``(chain) -> Next | None`` that claims its row, makes one cloud call
-and records the result in short transactions. ``step_task`` registers it as a Celery task with
-the project's defaults and returns the plain function (the unit tests call it). The wrapper
-handles what is common to all steps:
+A step is a plain function ``(chain) -> Next | None`` that claims its row, makes a cloud call
+and records the result in short transactions (some go on in the same run: see Ownership).
+``step_task`` registers it as a Celery task with the project's defaults and returns the plain
+function (the unit tests call it). The wrapper handles what is common to all steps:
 
 - no quota now (our limiter) or a 429 (the cloud's): re-scheduled for when capacity returns,
   without spending the failure budget; a step registered with ``capacity_first`` (create) holds
@@ -25,6 +25,10 @@ carries the new value. A claim by a message whose token is not the row's raises 
 so a redelivered step whose hand-off is already done stops at once, and two copies running side
 by side collapse into one at the first hand-off. Calls that must not be made twice (create,
 attach) are guarded by an intent recorded before the call, which a second copy looks up.
+A run that goes on itself instead of handing off (the next volume's attach in ``tasks.attach``,
+the tagging stage done at once by ``tasks.finish.at_once``) keeps its message's token: a
+redelivery of that message then takes up where the run stopped (a worker killed) instead of
+stopping as stale, and whatever it decides is fenced as any claim is.
 """
 
 from __future__ import annotations
