@@ -38,6 +38,7 @@ from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import is_retryable
+from tasks.plan import poll_signature
 from tasks.timing import create_backoff, first_poll
 from worker import fault_hooks
 from worker.limiter import NoCapacity
@@ -225,6 +226,9 @@ def post_create(
 
 
 def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
+    recorded = _record_job_at_once(chain, marker, job_id)
+    if recorded is not None:
+        return recorded
     # Recorded whatever the token: the cloud accepted a create, and that must not be lost
     # because another message took the request over meanwhile.
     with claim(chain, owned=False) as (session, request):
@@ -242,6 +246,42 @@ def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
             return None  # the owner learns of the job from the row
         # A cancelled request watches its create to its end too, then deletes the server.
         return handoff(request, first_poll(JobKind.CREATE))
+
+
+def _record_job_at_once(chain: Chain, marker: str, job_id: str) -> Next | None:
+    """The usual answer, in three statements: the request this message owns, CREATING with this
+    create's marker and nothing else under way, becomes BUILDING on ``job_id`` and is handed to
+    its poll in one conditional UPDATE; the job's row and the event are added. ``None``:
+    anything else, which the claim of :func:`_record_job` sorts out (nothing was written)."""
+    R = ServerRequest
+    request_id = uuid.UUID(chain.request_id)
+    now = utcnow()
+    statement = (
+        update(R)
+        .where(R.id == request_id, R.fence == chain.fence, R.state == S.CREATING)
+        .where(R.create_marker == marker, R.job_id.is_(None), R.server_id.is_(None))
+        .where(R.cleanup_server_id.is_(None))
+        .values(
+            state=S.BUILDING,
+            job_id=job_id,
+            create_intent_at=None,
+            fence=R.fence + 1,  # the hand-off to the poll (advance)
+            restarts=0,
+            updated_at=now,
+        )
+        .returning(R.fence)
+        .execution_options(synchronize_session=False)
+    )
+    with session_scope(runtime().sessions) as session:
+        fence = session.execute(statement).scalar_one_or_none()
+        if fence is None:
+            return None
+        session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE))
+        session.add(Event(request_id=request_id, from_state=S.CREATING, to_state=S.BUILDING,
+                          detail=f"create job {job_id}", at=now))  # fmt: skip
+    chain.fence = fence  # committed: the row now expects this token
+    poll = Chain(chain.request_id, fence, job_id)
+    return Next(poll_signature(poll, first_poll(JobKind.CREATE)))
 
 
 def _not_sent(chain: Chain, new_attempt: bool) -> None:

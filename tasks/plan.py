@@ -119,13 +119,26 @@ def next_signature(request: ServerRequest, countdown: float | None = None) -> Si
     return step_signature(name, request, countdown)
 
 
+def poll_signature(chain, countdown: float | None = None) -> Signature:
+    """``bms.poll_create_job`` of a request just handed to it (``chain``: its id, the new
+    token and the job), as :func:`step_signature` makes it from the row."""
+    return _signature(
+        "bms.poll_create_job", chain.request_id, chain.fence, countdown, job_id=chain.job_id
+    )
+
+
 def step_signature(name: str, request: ServerRequest, countdown: float | None = None) -> Signature:
     """The step ``name`` of ``request`` as an immutable signature (its id and fencing token)."""
+    # What the poll needs: it calls the cloud first, then claims the row once.
+    carried = {"job_id": request.job_id} if name == "bms.poll_create_job" else {}
+    return _signature(name, str(request.id), request.fence, countdown, **carried)
+
+
+def _signature(
+    name: str, request_id: str, fence: int, countdown: float | None, **carried
+) -> Signature:
     # alive_at: when the row was last touched (this hand-off), for the wrapper's keep-alive.
-    kwargs = {"request_id": str(request.id), "fence": request.fence, "alive_at": time.time()}
-    if name == "bms.poll_create_job":
-        # What the poll needs: it calls the cloud first, then claims the row once.
-        kwargs["job_id"] = request.job_id
+    kwargs = {"request_id": request_id, "fence": fence, "alive_at": time.time(), **carried}
     # ignore_result: a sender that does not know the task (the API, the CLI) would otherwise
     # subscribe to a result that never comes, once per message.
     options = {"countdown": countdown} if countdown else {}

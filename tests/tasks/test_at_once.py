@@ -348,3 +348,50 @@ def test_a_stale_first_create_posts_nothing(bench):
     stored = bench.get(request_id)
     assert (stored.state, stored.attempt, stored.create_marker) == (S.PENDING, 0, None)
     assert bench.client.calls == []
+
+
+def test_a_create_answered_hands_on_to_its_poll_without_a_locked_read(bench, statements):
+    from types import SimpleNamespace
+
+    from tasks.create import create_server
+
+    request_id = bench.add(S.PENDING, fence=1)
+    bench.client.on("create_servers", SimpleNamespace(job_id="job-7"))
+    chain = Chain(str(request_id), 1)
+    statements.clear()
+
+    outcome = create_server(chain)
+
+    assert not [s for s in statements if s.startswith("SELECT") and "server_requests" in s]
+    stored = bench.get(request_id)
+    assert (stored.state, stored.job_id, stored.create_intent_at) == (S.BUILDING, "job-7", None)
+    assert outcome.signature.task == "bms.poll_create_job"
+    assert outcome.signature.kwargs["job_id"] == "job-7"
+    assert outcome.signature.kwargs["fence"] == stored.fence == chain.fence == 2
+    assert outcome.signature.options["countdown"] > 0
+    with session_scope(bench.sessions) as session:
+        assert session.get(CloudJob, "job-7").kind is JobKind.CREATE
+    assert [e[:3] for e in bench.events(request_id)][-1] == (
+        "CREATING",
+        "BUILDING",
+        "create job job-7",
+    )
+
+
+def test_a_create_answered_after_a_cancel_is_recorded_by_the_claim(bench):
+    from types import SimpleNamespace
+
+    from tasks.create import create_server
+
+    request_id = bench.add(S.PENDING, fence=1)
+    bench.client.on(
+        "create_servers", bench.cancel_during(request_id, SimpleNamespace(job_id="job-7"))
+    )
+
+    outcome = create_server(Chain(str(request_id), 1))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.job_id) == (S.CANCELLED, "job-7")  # watched to its end
+    assert next_task(outcome) == "bms.poll_create_job"
+    with session_scope(bench.sessions) as session:
+        assert session.get(CloudJob, "job-7") is not None
