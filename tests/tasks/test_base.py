@@ -27,7 +27,7 @@ from tasks.cleanup import delete_server
 from tasks.control import cancel, stalled_request_ids
 from tasks.create import create_server
 from tasks.poll import poll_create_job
-from tests.tasks.stepkit import job
+from tests.tasks.stepkit import job, next_task
 from worker.limiter import NoCapacity
 
 S = RequestState
@@ -278,6 +278,50 @@ def test_a_create_without_capacity_touches_no_row_and_comes_back_spread_over_the
     # Each comes back when the slot frees plus a share of the 60 s window: not all at once.
     assert all(30 <= wait <= 90 for wait in waits) and len(set(waits)) == len(waits)
     assert max(waits) - min(waits) > 10
+
+
+def test_a_cancelled_attach_waiting_for_quota_goes_to_its_cleanup_at_once(
+    bench, retries, monkeypatch
+):
+    # 2,000 attaches waiting at 100 a minute: before, each waited for a slot of its own (taken,
+    # then given back) before its claim saw the cancel, and the last server was deleted 20
+    # minutes later.
+    request_id = bench.add(S.ATTACHING, server_id="srv-1", volumes=1)
+    fence = bench.get(request_id).fence
+    bench.limiter.denied = 30.0
+    cancel(bench.sessions, [request_id])
+    handed = []
+    monkeypatch.setattr(base, "hand_on", handed.append)
+
+    run_task(attach_volume, request_id, fence, alive_at=time.time())
+
+    assert retries == []  # not put back in the queue for quota
+    assert [next_task(outcome) for outcome in handed] == ["bms.delete_server"]
+    assert bench.client.count("attach_volume") == 0 and bench.limiter.holds == []
+    assert bench.get(request_id).cleanup_server_id == "srv-1"
+
+
+def test_an_attach_waiting_for_quota_reads_only_its_state_and_comes_back(bench, retries):
+    request_id = bench.add(S.ATTACHING, server_id="srv-1", volumes=1)
+    before = bench.get(request_id)
+    bench.limiter.denied = 30.0
+    statements = []
+    engine = bench.sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with pytest.raises(RuntimeError, match="re-run scheduled"):
+            run_task(attach_volume, request_id, before.fence, alive_at=time.time())
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+    queries = [text for text in statements if not text.startswith("BEGIN")]  # SQLite's lock
+    assert len(queries) == 1 and queries[0].lstrip().upper().startswith("SELECT")
+    assert [fence for fence, *_ in retries] == [before.fence]
+    after = bench.get(request_id)
+    assert (after.state, after.fence, after.updated_at) == (
+        S.ATTACHING, before.fence, before.updated_at,
+    )  # fmt: skip
 
 
 def test_a_create_spends_the_slot_reserved_for_it(bench):
