@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from worker.settings import SettingsError
+from worker.errors import SettingsError
 
 #: Modules of this package that register a sub-command, in ``--help`` order.
 COMMAND_MODULES = ("up", "demo", "operate", "db", "sim")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models import migrate
-from worker.settings import get_settings
+# Imported where used (``_migrate``): ``bmsctl`` registers this command for every command it
+# runs, and a client command must not pay for Alembic, SQLAlchemy or the settings.
 
 
 def register(subparsers) -> None:
@@ -18,14 +18,18 @@ def register(subparsers) -> None:
 
 
 def upgrade(args) -> int:
-    settings = get_settings()
-    migrate.upgrade(settings.database_url, args.revision)
-    print(f"database {settings.redacted_database_url} at {args.revision}")
-    return 0
+    return _migrate("upgrade", args.revision)
 
 
 def downgrade(args) -> int:
+    return _migrate("downgrade", args.revision)
+
+
+def _migrate(direction: str, revision: str) -> int:
+    from models import migrate
+    from worker.settings import get_settings
+
     settings = get_settings()
-    migrate.downgrade(settings.database_url, args.revision)
-    print(f"database {settings.redacted_database_url} at {args.revision}")
+    getattr(migrate, direction)(settings.database_url, revision)
+    print(f"database {settings.redacted_database_url} at {revision}")
     return 0

@@ -12,16 +12,18 @@ import shutil
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from bmsctl.apiclient import ApiClient, ApiError
 from bmsctl.lock import LOCK_FILE, StackLock, StackLocked
-from bmsctl.stack import EmbeddedStack, StackError, StackOptions
 from bmsctl.up import addresses_table, raising_on_signals, stopping_on_signals
-from bmsctl.watching import summary_table, watch
-from models.spec import SpecError, parse_batch, read_batch_file
-from worker.settings import load_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from bmsctl.stack import EmbeddedStack
+
+# The rest is imported where used: ``bmsctl`` registers this command for every command it runs,
+# and a client command must not pay for the stack (Celery, SQLAlchemy) or the batch spec.
 
 EXAMPLE_BATCH = Path(__file__).resolve().parent.parent / "examples" / "batch.yaml"
 #: Longest the demo waits for the batch; the example takes well under a minute.
@@ -36,6 +38,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from rich.console import Console
+
+    from bmsctl.apiclient import ApiError
+    from bmsctl.stack import EmbeddedStack, StackError, StackOptions
+    from models.spec import SpecError, parse_batch, read_batch_file
+
     console = Console()
     try:
         body = read_batch_file(args.batch)
@@ -76,6 +84,8 @@ def run(args) -> int:
 
 def _demo_settings(directory: Path):
     """A fresh database in the demo's directory; quick polls for the quick simulated jobs."""
+    from worker.settings import load_settings
+
     for entry in directory.iterdir():
         if entry.name == LOCK_FILE:
             continue
@@ -90,6 +100,9 @@ def _demo_settings(directory: Path):
 
 
 def _provision(stack: EmbeddedStack, body: dict, console: Console) -> int:
+    from bmsctl.apiclient import ApiClient
+    from bmsctl.watching import summary_table, watch
+
     client = ApiClient(stack.addresses["api"].split()[0])
     submitted = client.submit(body)
     batch_id = str(submitted["batch_id"])

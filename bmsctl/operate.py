@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from bmsctl.apiclient import ApiClient, ApiError
-from bmsctl.batchfile import BatchFileError, load_batch
-from bmsctl.render import batch_list_lines, clean, emit, print_batch, request_lines
-from bmsctl.watching import Progressor, watch
-from models.canonical import canonical_body
-from models.spec import SpecError
+    from bmsctl.apiclient import ApiClient
+    from bmsctl.watching import Progressor
+
+# Each command imports what it uses when it runs: ``bmsctl`` registers every command before it
+# runs one, and a ``cancel`` must not pay for the batch spec (pydantic) or the rendering.
 
 
 def register(subparsers) -> None:
@@ -68,9 +69,15 @@ def _command(subparsers, name: str, text: str, func):
 
 def _guarded(func):
     def run(args) -> int:
+        from rich.console import Console
+
+        from bmsctl.apiclient import ApiClient, ApiError
+
         try:
             return func(args, ApiClient.from_args(args), Console())
         except ApiError as exc:
+            from bmsctl.render import clean
+
             print(f"bmsctl {args.command}: {clean(exc)}", file=sys.stderr)
             return 1
 
@@ -78,6 +85,12 @@ def _guarded(func):
 
 
 def run_submit(args, client: ApiClient, console: Console) -> int:
+    from bmsctl.batchfile import BatchFileError, load_batch
+    from bmsctl.render import clean, emit, print_batch
+    from bmsctl.watching import watch
+    from models.canonical import canonical_body
+    from models.spec import SpecError
+
     try:
         spec = load_batch(args.file)
     except BatchFileError as exc:
@@ -104,6 +117,8 @@ def run_submit(args, client: ApiClient, console: Console) -> int:
 
 def clean_lines(exc: Exception) -> str:
     """A multi-line message with each line made safe (the newlines kept)."""
+    from bmsctl.render import clean
+
     return "\n".join(clean(line) for line in str(exc).splitlines())
 
 
@@ -133,12 +148,17 @@ def preflight_text(source: str, report: dict) -> str:
 
 
 def run_watch(args, client: ApiClient, console: Console) -> int:
+    from bmsctl.render import print_batch
+    from bmsctl.watching import watch
+
     final = watch(client, args.batch, console)
     print_batch(console, client.batch(final["id"]))
     return 0
 
 
 def run_status(args, client: ApiClient, console: Console) -> int:
+    from bmsctl.render import batch_list_lines, emit, print_batch
+
     view = client.batch(args.batch) if args.batch else client.batches()
     if args.json:
         print(json.dumps(view, indent=2))
@@ -151,6 +171,8 @@ def run_status(args, client: ApiClient, console: Console) -> int:
 
 
 def run_show(args, client: ApiClient, console: Console) -> int:
+    from bmsctl.render import emit, request_lines
+
     view = client.request(args.request)
     if args.json:
         print(json.dumps(view, indent=2))
@@ -170,6 +192,8 @@ def run_operation(args, client: ApiClient, console: Console) -> int:
 
 
 def run_teardown(args, client: ApiClient, console: Console) -> int:
+    from bmsctl.render import clean, emit, print_batch
+
     answer = client.teardown_batch(args.batch)
     started = answer["tearing_down"]
     emit(console, f"batch {answer['batch_id']}: tearing down {len(started)} request(s)")
@@ -177,6 +201,8 @@ def run_teardown(args, client: ApiClient, console: Console) -> int:
         emit(console, f"  skipped {skipped['id']}: {clean(skipped['reason'])}")
     if not args.watch or not started:
         return 0
+    from bmsctl.watching import watch  # models and the settings: only when following
+
     final = watch(client, args.batch, console, progress_of=teardown_progress(started))
     print_batch(console, final)
     torn_down = [r for r in final["requests"] if r["id"] in set(started)]

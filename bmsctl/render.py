@@ -15,12 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from models.states import RequestState
-
 #: C0 and C1 controls, DEL, and the invisible characters that reorder or hide text.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
-ORDER = [s.value for s in RequestState]
 STATE_STYLES = {"ACTIVE": "green", "FAILED": "red", "TORN_DOWN": "dim", "CANCELLED": "dim"}
 
 
@@ -36,7 +33,11 @@ def _escape(match: re.Match) -> str:
 
 
 def counts_text(counts: dict[str, int]) -> str:
-    return "  ".join(f"{state} {counts[state]}" for state in ORDER if counts.get(state))
+    # Imported here: the ``models`` package loads SQLAlchemy and every table, which ``clean``,
+    # ``emit`` and ``request_lines`` (an error message, ``show``) need not pay for.
+    from models.states import RequestState
+
+    return "  ".join(f"{s.value} {counts[s.value]}" for s in RequestState if counts.get(s.value))
 
 
 def error_text(request: dict) -> str:

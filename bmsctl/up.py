@@ -8,13 +8,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.table import Table
 
-from bmsctl.stack import EmbeddedStack, StackError, StackLocked, StackOptions
-from bmsctl.supervise import Supervisor
-from worker.settings import get_settings
+    from bmsctl.stack import EmbeddedStack
+
+# The stack, rich and the settings are imported where used: ``bmsctl`` registers this command
+# for every command it runs, and a client command must not pay for Celery or SQLAlchemy.
 
 
 def register(subparsers) -> None:
@@ -36,6 +38,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from rich.console import Console
+
+    from bmsctl.stack import EmbeddedStack, StackError, StackLocked, StackOptions
+    from bmsctl.supervise import Supervisor
+    from worker.settings import get_settings
+
     console = Console()
     options = StackOptions(
         directory=args.dir,
@@ -79,6 +87,8 @@ def closing_line(stack: EmbeddedStack, stopped: int) -> str:
 
 
 def addresses_table(stack: EmbeddedStack) -> Table:
+    from rich.table import Table
+
     table = Table(title="bms-orchestrator is up", show_header=False)
     for part, address in stack.addresses.items():
         table.add_row(part, address)

@@ -3,7 +3,6 @@ for tests, benchmarks and the demo. It imports nothing of the orchestrator."""
 
 from simulator.clock import FakeClock, SystemClock
 from simulator.config import FaultSettings, IamUser, SimulatorConfig
-from simulator.server import SimulatorServer
 
 __all__ = [
     "FakeClock",
@@ -13,3 +12,13 @@ __all__ = [
     "SimulatorServer",
     "SystemClock",
 ]
+
+
+def __getattr__(name: str):
+    # The server (its HTTP app and cloud state) only when asked for: ``bmsctl`` reads the options of
+    # ``simulator.cli`` for every command and must not pay for it.
+    if name == "SimulatorServer":
+        from simulator.server import SimulatorServer
+
+        return SimulatorServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,16 @@ import argparse
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from simulator import catalog
 from simulator.config import DEFAULT_QUOTAS, FaultSettings, IamUser, SimulatorConfig
-from simulator.persist import StateFileError
-from simulator.quota import parse_quotas
-from simulator.server import SimulatorServer
+
+if TYPE_CHECKING:
+    from simulator.server import SimulatorServer
+
+# The server, its state file and its quotas (``limits``) are imported where used: ``bmsctl``
+# adds these options to its parser for every command, ``bmsctl --help`` included.
 
 DESCRIPTION = "Serve a local Huawei Cloud BMS simulator: BMS v1, Nova v2.1 subset and IAM."
 
@@ -148,6 +152,8 @@ def seconds_range(text: str) -> tuple[float, float]:
 
 
 def quota_spec(text: str) -> str:
+    from simulator.quota import parse_quotas
+
     try:
         parse_quotas(text)
     except ValueError as exc:
@@ -234,6 +240,9 @@ def banner(server: SimulatorServer) -> str:
 
 def serve(config: SimulatorConfig) -> int:
     """Serve in the foreground until SIGINT or SIGTERM."""
+    from simulator.persist import StateFileError
+    from simulator.server import SimulatorServer
+
     server = SimulatorServer(config)
     try:
         server.start()

@@ -13,6 +13,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+# Defined in a light module so that bmsctl can catch it without importing this one.
+from worker.errors import SettingsError as SettingsError
+
 #: API classes, each with its own queue and its own account quota.
 API_CLASSES = ("create", "show", "update", "attach", "detach", "job", "list", "nova")
 
@@ -21,10 +24,6 @@ DEFAULT_RATE_LIMITS = (
     "create=50/minute;show=1000/minute;update=100/minute;attach=100/minute;"
     "detach=100/minute;job=2000/minute;list=500/minute;nova=600/minute"
 )
-
-
-class SettingsError(ValueError):
-    """A ``BMS_*`` variable is malformed; the message names it."""
 
 
 def parse_rate_limits(text: str) -> dict[str, RateLimitItem]:

@@ -40,3 +40,24 @@ def test_malformed_setting_fails_naming_the_variable(tmp_path):
     result = _run("db", "upgrade", BMS_MAX_ATTEMPTS="many")
     assert result.returncode == 2
     assert "BMS_MAX_ATTEMPTS" in result.stderr
+
+
+#: What a client command must not load before it runs: the worker's settings and app, the
+#: database layer, the batch spec. Each took part of the ~2 s of CPU every command paid at start.
+HEAVY_MODULES = ("sqlalchemy", "celery", "limits", "pydantic_settings", "models", "worker.settings")
+
+
+def test_parsing_a_command_loads_no_worker_or_database_module():
+    probe = (
+        "import sys\n"
+        "from bmsctl.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "for argv in (['status'], ['show', 'r'], ['submit', 'b.yaml'], ['watch', 'b'],\n"
+        "             ['cancel', 'b'], ['retry', 'b', '--request'], ['teardown', 'b'],\n"
+        "             ['db', 'upgrade'], ['up'], ['demo']):\n"
+        "    parser.parse_args(argv)\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
