@@ -298,6 +298,9 @@ def measure_intake(ctx: Context, index: int) -> tuple[dict, str]:
         values["post_10k"] = elapsed
         assert answer["total"] == sizes.big
         big = answer["batch_id"]
+        # Read while the big batch itself moves: its feeder starts behind the small batch's
+        # creates (creates go first), so reads taken at once would see it all PENDING.
+        notes["dispatch started after"] = wait_dispatching(database_url, big)
         reads = sample(get_batch(http, api, big), args.samples, args.interval)
         values["get_running"] = (statistics.median(reads), max(reads))
         notes["while read"] = progress(database_url, big)
@@ -550,6 +553,16 @@ def progress(database_url: str, batch_id: str) -> dict[str, int]:
         ).scalar()
     engine.dispose()
     return {"dispatched": watermark, **{state: n for state, n in rows}}
+
+
+def wait_dispatching(database_url: str, batch_id: str, timeout: float = 180) -> str:
+    """Wait until the batch's watermark has moved (its creates are being sent); how long."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if progress(database_url, batch_id)["dispatched"]:
+            return f"{time.monotonic() - started:.1f} s"
+        time.sleep(0.2)
+    return f"not within {timeout:.0f} s"
 
 
 def count_requests(database_url: str) -> int:
