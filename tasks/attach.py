@@ -26,6 +26,7 @@ still attached one at a time, in order, each behind its intent.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -94,16 +95,27 @@ def _target(request: ServerRequest, attachment) -> Target:
 
 @dataclass
 class Then:
-    """The next volume's intent is committed and a slot for its POST is held in ``slot``."""
+    """The next volume's intent is committed: its POST is made in this run, under ``held``."""
 
     target: Target
-    slot: ExitStack
+    #: The limiter's hold on an attach slot for that POST (closed once the POST is answered).
+    held: ExitStack
+
+
+#: Returned instead of a hand-off when another message carries the chain on: a second copy of
+#: the step recorded or settled this attach, or the request is no longer this message's. This
+#: run sends nothing.
+ANOTHER_COPY_GOES_ON = None
+
+#: What a POST's answer, once recorded, leads to: a hand-off (``Next``; ``Next(None)`` when the
+#: chain ends), the next volume's POST in this same run (``Then``), or ``ANOTHER_COPY_GOES_ON``.
+Recorded = Next | Then | None
 
 
 @dataclass
 class Slot:
-    """A slot of the attach class held for the next POST, or, when none was free, how long to
-    wait for one."""
+    """An attach slot asked for the next volume's POST: the limiter's hold on it (``held``),
+    or, when none was free, how long to wait for one (``wait``)."""
 
     held: ExitStack | None
     wait: float = 0.0
@@ -122,6 +134,20 @@ def take_slot() -> Slot:
     except NoCapacity as exc:
         return Slot(None, spread(exc.wait_seconds, exc.window_seconds))
     return Slot(stack)
+
+
+def with_next_slot(wanted: bool, record: Callable[[Slot | None], Recorded]) -> Recorded:
+    """``record(slot)``, with a slot for the next volume's POST when ``wanted`` (taken first:
+    see :func:`take_slot`). The slot goes back to the window once ``record`` is done, unless
+    the run goes on to that POST with it (``Then``)."""
+    slot = take_slot() if wanted else None
+    outcome = None
+    try:
+        outcome = record(slot)
+    finally:
+        if slot is not None and not isinstance(outcome, Then):
+            slot.close()
+    return outcome
 
 
 @step_task("bms.attach_volume", Step.ATTACH, capacity_first=True)
@@ -192,22 +218,22 @@ def _fresh_intent(chain: Chain) -> Target | None:
     return Target(position, server, volume_id, device, more=left > 1)
 
 
-def attach_from(chain: Chain, target: Target, slot: ExitStack | None = None) -> Next | None:
+def attach_from(chain: Chain, target: Target, held: ExitStack | None = None) -> Next | None:
     """POST the attach of ``target`` (its intent committed), then of each next volume as long as
-    each job is done at once and a slot for the next is free; ``slot``: one held for the first
-    POST (else the step's own, or one taken by the client)."""
+    each job is done at once and a slot for the next is free; ``held``: a slot held for the
+    first POST (else the step's own, or one taken by the client)."""
     while True:
-        outcome = _post_attach(chain, target, slot)
+        outcome = _post_attach(chain, target, held)
         if not isinstance(outcome, Then):
             return outcome
-        target, slot = outcome.target, outcome.slot
+        target, held = outcome.target, outcome.held
 
 
-def _post_attach(chain: Chain, target: Target, slot: ExitStack | None) -> Next | Then | None:
+def _post_attach(chain: Chain, target: Target, held: ExitStack | None) -> Recorded:
     position = target.position
     try:
         # The slot is given up (spent, or back to the window) as soon as the POST is answered.
-        with slot or nullcontext():
+        with held or nullcontext():
             job_id = runtime().client.attach_volume(
                 target.server_id, target.volume_id, target.device
             )
@@ -226,7 +252,9 @@ def _post_attach(chain: Chain, target: Target, slot: ExitStack | None) -> Next |
         return _refused(chain, target, exc)
     job = _peek(job_id)
     done = job is not None and job.outcome is JobOutcome.DONE
-    return _record_job(chain, position, job_id, job, take_slot() if done and target.more else None)
+    return with_next_slot(
+        done and target.more, lambda slot: _record_job(chain, position, job_id, job, slot)
+    )
 
 
 def _peek(job_id: str) -> Job | None:
@@ -256,37 +284,35 @@ def record_cloud_job(session, request: ServerRequest, job_id: str, job: Job | No
 
 def _record_job(
     chain: Chain, position: int, job_id: str, job: Job | None, slot: Slot | None
-) -> Next | Then | None:
-    outcome = None
-    try:
-        outcome = _record(chain, position, job_id, job, slot)
-    finally:
-        if slot is not None and not isinstance(outcome, Then):
-            slot.close()  # not going on in this run: the slot goes back to the window
-    return outcome
-
-
-def _record(
-    chain: Chain, position: int, job_id: str, job: Job | None, slot: Slot | None
-) -> Next | Then | None:
+) -> Recorded:
+    """Record the job the POST started, and what ``job`` (the one look at it, if answered)
+    says of it."""
     # Recorded whatever the token, as a create is: the cloud started this job.
     with claim(chain, owned=False, attachments=True) as (session, request):
         record_cloud_job(session, request, job_id, job)
         attachment = request.attachments[position]
         if attachment.state is not A.ATTACHING or attachment.job_id:
-            return None  # another copy recorded or settled it; its chain goes on
+            return ANOTHER_COPY_GOES_ON  # it recorded or settled this attach
         attachment.job_id, attachment.intent_at = job_id, None
         attachment.attempt += 1
         if not chain.owns(request):
-            return None
-        if job is None or job.outcome is JobOutcome.RUNNING or request.state is not S.ATTACHING:
-            # Cancelled during the call: the poll hands the request to cleanup.
-            return handoff(request, first_poll(JobKind.ATTACH))
-        if job.outcome is JobOutcome.DONE:
-            return attach_done(session, request, attachment, slot)
-        first = job.failures[0]
-        reason = first.fail_reason or "failed"
-        return attach_failed(session, request, attachment, first.error_code, reason)
+            return ANOTHER_COPY_GOES_ON  # the request is another message's now
+        return _job_seen(session, request, attachment, job, slot)
+
+
+def _job_seen(session, request, attachment, job: Job | None, slot: Slot | None) -> Next | Then:
+    """What the look at the job right after its POST tells (this message owns the request)."""
+    if job is None or job.outcome is JobOutcome.RUNNING or request.state is not S.ATTACHING:
+        # Handed on, after a poll's interval, to what the row names next: the job's poll when
+        # the look got no answer (the poll asks again) or the job still runs; when the request
+        # was cancelled during the call (no longer ATTACHING), its cleanup, whatever the job
+        # did (the server is deleted, volumes and all).
+        return handoff(request, first_poll(JobKind.ATTACH))
+    if job.outcome is JobOutcome.DONE:
+        return attach_done(session, request, attachment, slot)
+    first = job.failures[0]
+    reason = first.fail_reason or "failed"
+    return attach_failed(session, request, attachment, first.error_code, reason)
 
 
 def attach_done(session, request: ServerRequest, attachment, slot: Slot | None) -> Next | Then:
@@ -297,14 +323,14 @@ def attach_done(session, request: ServerRequest, attachment, slot: Slot | None) 
     following = _due(request)
     if following is None:
         transition(session, request, S.TAGGING, detail="volumes attached")
-        return at_once(handoff(request), request)
+        return at_once(request)
     fresh = following.state is A.PENDING and following.intent_at is None
     if slot is None or slot.held is None or not fresh:
         return handoff(request, slot.wait if slot is not None and slot.wait else None)
     if following.attempt >= runtime().settings.max_attempts:
         return _out_of_attempts(session, request, following)
     following.state, following.intent_at = A.ATTACHING, utcnow()
-    return Then(_target(request, following), slot.held)
+    return Then(_target(request, following), held=slot.held)
 
 
 def _look_at_disk(chain: Chain, target: Target, attach_next: bool = False) -> Next | None:
@@ -357,7 +383,7 @@ def _attached(session, request: ServerRequest, attachment, how: str) -> Next:
     attachment.state, attachment.job_id, attachment.intent_at = A.ATTACHED, None, None
     if all(a.state is A.ATTACHED for a in request.attachments):
         transition(session, request, S.TAGGING, detail=f"volumes attached ({how})")
-    return at_once(handoff(request), request)
+    return at_once(request)
 
 
 def _not_sent(chain: Chain, position: int) -> None:
@@ -373,7 +399,7 @@ def _count_attempt(chain: Chain, position: int) -> None:
         request.attachments[position].attempt += 1
 
 
-def _refused(chain: Chain, target: Target, exc: BadRequest | Conflict) -> Next | None:
+def _refused(chain: Chain, target: Target, exc: BadRequest | Conflict) -> Next:
     """The cloud said no. The disk tells whether the refusal was our own earlier attach."""
     position = target.position
     with claim(chain, attachments=True) as (_session, request):

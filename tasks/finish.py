@@ -17,7 +17,7 @@ from models.records import ServerRequest, transition
 from models.spec import BAREMETAL_TAG
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, claim, fail, handoff, step_task
-from tasks.plan import step_signature
+from tasks.plan import next_task_name, step_signature
 from worker.runtime import runtime
 
 S = RequestState
@@ -52,21 +52,24 @@ def _load_stage(chain: Chain, step_before: Step | None):
         return (stage.server_id, stage.spec, stage.name, stage.marker_name), None
 
 
-def at_once(outcome: Next, request: ServerRequest) -> Next:
-    """``outcome`` (a hand-off that committed ``request`` to TAGGING, nothing of the stage
-    done) with the whole stage done in the same run (``Next.then``): one transaction at its
-    end instead of three messages and six transactions.
+def at_once(request: ServerRequest) -> Next:
+    """Hand ``request`` on (:func:`tasks.base.handoff`), unless the transaction in hand puts it
+    in TAGGING with nothing of the stage done: then the whole stage is done in the same run
+    (``Next.then``), one transaction at its end instead of three messages and six transactions.
 
-    The hand-off's token is taken back: the message in hand keeps the request while it does the
-    stage. A worker killed during the stage leaves no message of the stage, only that one, which
-    the broker delivers again; with its token still the row's, its claim finds TAGGING and sends
-    the stage's first step (with the token advanced, it would stop as stale and the request wait
-    for the reconciler). The stage's message sent should the stage fail carries that token too.
+    The stage done at once does not advance the token: the message in hand keeps the request
+    while it does the stage. A worker killed during the stage leaves no message of the stage,
+    only that one, which the broker delivers again; with its token still the row's, its claim
+    finds TAGGING and sends the stage's first step (with the token advanced, it would stop as
+    stale and the request wait for the reconciler). The stage's message sent should the stage
+    fail carries that token too.
     """
-    signature = outcome.signature
-    if signature is None or signature.task != "bms.apply_tags" or request.step_done is not None:
-        return outcome
-    request.fence -= 1  # see above: the hand-off (tasks.base.handoff) advanced it by one
+    # The state first: the next task of an ATTACHING request is read from its attachments, which
+    # the hand-off then loads after advancing the token. Loaded before, their load's autoflush
+    # would write the row once, and the token's advance once more (a second UPDATE).
+    if request.state is not S.TAGGING or next_task_name(request) != "bms.apply_tags":
+        return handoff(request)
+    request.restarts = 0  # it moves, as after a hand-off: the reconciler's count starts again
     signature = step_signature("bms.apply_tags", request)
     chain = Chain(str(request.id), request.fence)
     return Next(signature, then=functools.partial(finish_stage, chain, stage_of(request)))

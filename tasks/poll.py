@@ -30,7 +30,7 @@ from models.records import (
     transition,
 )
 from models.states import RequestState, Step
-from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, take_slot
+from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, with_next_slot
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.finish import at_once
@@ -221,7 +221,7 @@ def _create_done(session, request: ServerRequest, server_id: str) -> Next:
     next_state = S.ATTACHING if has_attachments(request) else S.TAGGING
     request.step_done = None
     transition(session, request, next_state, detail=f"server {server_id} built")
-    return at_once(handoff(request), request)
+    return at_once(request)
 
 
 def _create_failed(session, request: ServerRequest, failure: _CreateFailure) -> Next:
@@ -265,15 +265,10 @@ def poll_attach_job(chain: Chain) -> Next | None:
     except NotFound:
         return _attach_job_forgotten(chain, job_id)
     # The slot is taken before the row is: none free, and the next attach is a message.
-    slot = take_slot() if job.outcome is JobOutcome.DONE and more else None
-    outcome = None
-    try:
-        outcome = _attach_polled(chain, job_id, job, slot)
-    finally:
-        if slot is not None and not isinstance(outcome, Then):
-            slot.close()  # not going on in this run: the slot goes back to the window
+    done = job.outcome is JobOutcome.DONE
+    outcome = with_next_slot(done and more, lambda slot: _attach_polled(chain, job_id, job, slot))
     if isinstance(outcome, Then):
-        return attach_from(chain, outcome.target, outcome.slot)
+        return attach_from(chain, outcome.target, outcome.held)
     return outcome
 
 
