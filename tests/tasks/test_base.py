@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -54,6 +56,19 @@ def retries(monkeypatch):
 def run_task(step, request_id, fence, **kwargs):
     """Run the registered task itself (the wrapper), in this thread."""
     return step.task(request_id=str(request_id), fence=fence, **kwargs)
+
+
+@contextmanager
+def statements_of(bench) -> Iterator[list[str]]:
+    """The SQL statements the bench's engine runs inside the block, in order."""
+    statements: list[str] = []
+    engine = bench.sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
 
 
 def test_an_unexpected_error_fails_that_request_not_the_worker(bench):
@@ -258,16 +273,10 @@ def test_a_create_without_capacity_touches_no_row_and_comes_back_spread_over_the
     request_id = bench.add(S.PENDING)
     before = bench.get(request_id)
     bench.limiter.denied = 30.0
-    statements = []
-    engine = bench.sessions.kw["bind"]
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
+    with statements_of(bench) as statements:
         for _ in range(20):
             with pytest.raises(RuntimeError, match="re-run scheduled"):
                 run_task(create_server, request_id, before.fence, alive_at=time.time())
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
 
     assert statements == []  # not a single SQL statement for a run that must wait
     after = bench.get(request_id)
@@ -305,15 +314,8 @@ def test_an_attach_waiting_for_quota_reads_only_its_state_and_comes_back(bench, 
     request_id = bench.add(S.ATTACHING, server_id="srv-1", volumes=1)
     before = bench.get(request_id)
     bench.limiter.denied = 30.0
-    statements = []
-    engine = bench.sessions.kw["bind"]
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        with pytest.raises(RuntimeError, match="re-run scheduled"):
-            run_task(attach_volume, request_id, before.fence, alive_at=time.time())
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
+    with statements_of(bench) as statements, pytest.raises(RuntimeError, match="re-run"):
+        run_task(attach_volume, request_id, before.fence, alive_at=time.time())
 
     queries = [text for text in statements if not text.startswith("BEGIN")]  # SQLite's lock
     assert len(queries) == 1 and queries[0].lstrip().upper().startswith("SELECT")
@@ -388,15 +390,8 @@ def test_a_recent_keep_alive_costs_no_statement_and_is_carried_on(bench, retries
     fence = bench.get(request_id).fence
     bench.limiter.denied = 30.0
     alive_at = time.time() - 5
-    statements = []
-    engine = bench.sessions.kw["bind"]
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        with pytest.raises(RuntimeError, match="re-run scheduled"):
-            run_task(create_server, request_id, fence, alive_at=alive_at)
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
+    with statements_of(bench) as statements, pytest.raises(RuntimeError, match="re-run"):
+        run_task(create_server, request_id, fence, alive_at=alive_at)
 
     assert statements == []
     assert retries[0][3] == alive_at
