@@ -30,6 +30,9 @@ from models.webhooks import WebhookDelivery, WebhookEvent, WebhookTarget
 
 #: ``session.info`` key: ids of deliveries added in the current transaction.
 NEW_DELIVERIES = "bms_new_webhook_deliveries"
+#: ``session.info`` key: request id -> batch id, of requests a writer changed without loading
+#: them (a Core ``UPDATE``), so that a batch known to have no target needs no load of the row.
+BATCH_OF = "bms_batch_of_request"
 #: Batches this process found without a webhook target. A target is stored with its batch, in
 #: the intake's transaction, and never added later: such a batch will never have one, and its
 #: requests' final transitions need not look again (one SELECT per server saved). Bounded: the
@@ -62,6 +65,11 @@ def request_payload(
     }
 
 
+def batch_of(session: Session) -> dict[uuid.UUID, uuid.UUID]:
+    """Where a writer names the batch of a request it changed without loading it."""
+    return session.info.setdefault(BATCH_OF, {})
+
+
 def webhook_event(transition: Event) -> WebhookEvent | None:
     """The request event a transition makes, if any."""
     if transition.from_state is None or transition.from_state == transition.to_state:
@@ -83,8 +91,12 @@ def _add_request_deliveries(session: Session, _context, _instances) -> None:
     if not events:
         return
     targets: dict[uuid.UUID, WebhookTarget | None] = {}
+    hinted = session.info.get(BATCH_OF, {})
     with session.no_autoflush:
         for finished in events:
+            hinted_batch = hinted.get(finished.request_id)
+            if hinted_batch is not None and hinted_batch in _no_target:
+                continue
             request = session.get(ServerRequest, finished.request_id)
             if request is None or request.batch_id in _no_target:
                 continue

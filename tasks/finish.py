@@ -11,13 +11,19 @@ A request cancelled during one of these calls is handed to cleanup when the call
 from __future__ import annotations
 
 import functools
+import uuid
 from dataclasses import dataclass
 
-from models.records import ServerRequest, transition
+from sqlalchemy import update
+
+from models.base import utcnow
+from models.db import session_scope
+from models.outbox import batch_of
+from models.records import Event, ServerRequest, transition
 from models.spec import BAREMETAL_TAG
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, claim, fail, handoff, step_task
-from tasks.plan import next_task_name, step_signature
+from tasks.plan import chain_signature, next_task_name
 from worker.runtime import runtime
 
 S = RequestState
@@ -70,9 +76,14 @@ def at_once(request: ServerRequest) -> Next:
     if request.state is not S.TAGGING or next_task_name(request) != "bms.apply_tags":
         return handoff(request)
     request.restarts = 0  # it moves, as after a hand-off: the reconciler's count starts again
-    signature = step_signature("bms.apply_tags", request)
-    chain = Chain(str(request.id), request.fence)
-    return Next(signature, then=functools.partial(finish_stage, chain, stage_of(request)))
+    return stage_at_once(Chain(str(request.id), request.fence), stage_of(request))
+
+
+def stage_at_once(chain: Chain, stage: Stage) -> Next:
+    """The tagging stage of a request in TAGGING with nothing of it done, committed so, done
+    in this run by ``chain`` (the message in hand, its token kept: see :func:`at_once`)."""
+    signature = chain_signature("bms.apply_tags", chain)
+    return Next(signature, then=functools.partial(finish_stage, chain, stage))
 
 
 def finish_stage(chain: Chain, stage: Stage) -> Next | None:
@@ -127,6 +138,8 @@ def finalize(chain: Chain) -> Next | None:
 
 def _finalized(chain: Chain, server_id: str, server: dict) -> Next:
     """Record the server as read back: ACTIVE, with its addresses."""
+    if server.get("status") == "ACTIVE" and _active_at_once(chain, server_id, server):
+        return Next(None)
     with claim(chain) as (session, request):
         if request.state is not S.TAGGING:
             return handoff(request)  # cancelled meanwhile: cleanup deletes the server
@@ -138,3 +151,33 @@ def _finalized(chain: Chain, server_id: str, server: dict) -> Next:
         request.step_done = Step.FINALIZE
         transition(session, request, S.ACTIVE, detail=f"server {server_id} ready")
         return Next(None)
+
+
+def _active_at_once(chain: Chain, server_id: str, server: dict) -> bool:
+    """The usual end, in two statements and no row loaded: the request this message owns, still
+    TAGGING, becomes ACTIVE with the server's addresses in one conditional UPDATE, and its event
+    is added (the outbox is told the request's batch, so that it need not load the row to learn
+    that the batch wants no webhook). ``False``: anything else (a cancel, a stale message),
+    which the claim sorts out (nothing was written)."""
+    R = ServerRequest
+    request_id, now = uuid.UUID(chain.request_id), utcnow()
+    statement = (
+        update(R)
+        .where(R.id == request_id, R.fence == chain.fence, R.state == S.TAGGING)
+        .values(
+            state=S.ACTIVE,
+            step_done=Step.FINALIZE,
+            addresses=server.get("addresses") or {},
+            updated_at=now,
+        )
+        .returning(R.batch_id)
+        .execution_options(synchronize_session=False)
+    )
+    with session_scope(runtime().sessions) as session:
+        batch_id = session.execute(statement).scalar_one_or_none()
+        if batch_id is None:
+            return False
+        batch_of(session)[request_id] = batch_id
+        session.add(Event(request_id=request_id, from_state=S.TAGGING, to_state=S.ACTIVE,
+                          detail=f"server {server_id} ready", at=now))  # fmt: skip
+    return True

@@ -127,6 +127,12 @@ def poll_signature(chain, countdown: float | None = None) -> Signature:
     )
 
 
+def chain_signature(name: str, chain, countdown: float | None = None) -> Signature:
+    """The step ``name`` for ``chain`` (a request id and the token it owns), as
+    :func:`step_signature` makes it from the row, for a step that carries nothing else."""
+    return _signature(name, chain.request_id, chain.fence, countdown)
+
+
 def step_signature(name: str, request: ServerRequest, countdown: float | None = None) -> Signature:
     """The step ``name`` of ``request`` as an immutable signature (its id and fencing token)."""
     # What the poll needs: it calls the cloud first, then claims the row once.

@@ -12,20 +12,24 @@ handed to cleanup as soon as the poll comes back.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import exists, update
 
 from bms.exceptions import NotFound
 from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
+from models.db import session_scope
 from models.records import (
     AttachmentState,
     CloudJob,
+    Event,
     JobKind,
     ServerRequest,
     StrayServer,
+    VolumeAttachment,
     record_note,
     transition,
 )
@@ -33,7 +37,7 @@ from models.states import RequestState, Step
 from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, with_next_slot
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
-from tasks.finish import at_once
+from tasks.finish import Stage, at_once, stage_at_once
 from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
 from worker.runtime import runtime
 
@@ -50,9 +54,8 @@ class _Seen:
     polls: int
 
 
-def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKind) -> _Seen:
-    """Store what the poll saw (one UPDATE of the job's row), and mark the request as making
-    progress."""
+def _job_values(job: Job) -> dict:
+    """What a poll stores of a job's answer in its row."""
     jobs = CloudJob.__table__
     values = {
         "status": job.status,
@@ -64,6 +67,14 @@ def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKin
     failure = job.failures[0] if job.failures else None
     if failure is not None:
         values |= {"error_code": failure.error_code, "fail_reason": failure.fail_reason}
+    return values
+
+
+def _record(session, request: ServerRequest, job_id: str, job: Job, kind: JobKind) -> _Seen:
+    """Store what the poll saw (one UPDATE of the job's row), and mark the request as making
+    progress."""
+    jobs = CloudJob.__table__
+    values = _job_values(job)
     seen = session.execute(
         update(jobs)
         .where(jobs.c.job_id == job_id)
@@ -117,6 +128,10 @@ def poll_create_job(chain: Chain) -> Next | None:
         job = runtime().client.show_job(job_id)
     except NotFound:
         return _job_forgotten(chain, job_id)
+    if job.outcome is JobOutcome.DONE and job.server_ids:
+        done = _create_done_at_once(chain, job_id, job)
+        if done is not None:
+            return done
     wait = None
     with claim(chain) as (session, request):
         if not _watching(request, job_id):
@@ -139,6 +154,57 @@ def poll_create_job(chain: Chain) -> Next | None:
             failure = _CreateFailure(job.server_ids, first.error_code, reason)
             return _create_failed(session, request, failure)
     raise Wait(wait, "create job running")
+
+
+def _create_done_at_once(chain: Chain, job_id: str, job: Job) -> Next | None:
+    """The usual end of a create, in three statements and no row loaded: the request this
+    message owns, BUILDING on ``job_id`` with nothing to clean up and no volume, becomes
+    TAGGING on its server in one conditional UPDATE (returning what the tagging stage needs),
+    the job's row stores the answer, and the event is added; the stage is then done at once
+    (:func:`tasks.finish.stage_at_once`), as :func:`_create_done` would have it. ``None``:
+    anything else (a cancel, volumes, a stale message), which the claim sorts out (nothing was
+    written)."""
+    R = ServerRequest
+    request_id, server_id, now = uuid.UUID(chain.request_id), job.server_ids[0], utcnow()
+    has_volumes = exists().where(VolumeAttachment.request_id == R.id)
+    statement = (
+        update(R)
+        .where(R.id == request_id, R.fence == chain.fence, R.state == S.BUILDING)
+        .where(R.job_id == job_id, R.cleanup_server_id.is_(None), ~has_volumes)
+        .values(
+            state=S.TAGGING,
+            server_id=server_id,
+            job_id=None,
+            wait_deadline_at=None,
+            step_done=None,
+            restarts=0,  # it moves, as after a hand-off
+            updated_at=now,
+        )
+        .returning(R.spec, R.name, R.create_serial, R.cloud_name)
+        .execution_options(synchronize_session=False)
+    )
+    with session_scope(runtime().sessions) as session:
+        row = session.execute(statement).one_or_none()
+        if row is None:
+            return None
+        spec, name, create_serial, cloud_name = row
+        if spec.get("attach_volumes"):
+            # Volumes listed but no row of them (stored by hand): the claim's way decides.
+            session.rollback()
+            return None
+        jobs = CloudJob.__table__
+        stored = session.execute(
+            update(jobs).where(jobs.c.job_id == job_id).values(_job_values(job))
+        ).rowcount
+        if not stored:  # a row of an older release: recorded now, as _record does
+            values = _job_values(job) | {"polls": 1}
+            session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE,
+                                 **values))  # fmt: skip
+        session.add(Event(request_id=request_id, from_state=S.BUILDING, to_state=S.TAGGING,
+                          detail=f"server {server_id} built", at=now))  # fmt: skip
+    marker_name = create_serial == 0 or cloud_name not in (None, name)
+    stage = Stage(server_id, spec, name, marker_name)
+    return stage_at_once(Chain(chain.request_id, chain.fence), stage)
 
 
 def _job_forgotten(chain: Chain, job_id: str) -> Next:
