@@ -283,10 +283,14 @@ class GlobalLimiter:
     """Acquire one call of an API class against its account-wide quota."""
 
     def __init__(
-        self, redis_url: str, limits: dict[str, RateLimitItem], margin: float = DEFAULT_MARGIN
+        self,
+        redis_url: str,
+        limits: dict[str, RateLimitItem],
+        margin: float = DEFAULT_MARGIN,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         self._redis = redis.Redis.from_url(redis_url)
-        self._metrics = MetricsRecorder(self._redis)
+        self._metrics = metrics or MetricsRecorder(self._redis)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._complete = self._redis.register_script(_COMPLETE)
         self._reserve = self._redis.register_script(_RESERVE)

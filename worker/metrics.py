@@ -18,11 +18,18 @@ What is counted here, and by whom:
 - webhook attempts per outcome: ``tasks/webhooks.py``.
 
 Writing a metric never fails a task: a Redis error is logged and forgotten.
+
+Inside a task, writes wait for the task's end and go in one pipeline with its step duration:
+one Redis round trip per task run instead of one per cloud call as well (issue 11: 5.7% of a
+pool child's task time). A worker killed during a task loses that task's counts; a task is
+short, and its step is counted as nothing either. Outside a task (the API, a test calling a
+step directly), each write goes at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -69,23 +76,59 @@ def bucket_index(seconds: float) -> int:
     return len(STEP_BUCKETS)
 
 
+#: Writes held back in a task past this many go at once (a task that never ends, say).
+MAX_HELD_WRITES = 1000
+
+Write = tuple[str, Callable[[redis.client.Pipeline], None]]
+
+
+class _TaskWrites(threading.local):
+    """Whether this thread runs a task now, and the recorders holding writes until its end."""
+
+    in_task: bool = False
+
+    def __init__(self) -> None:
+        self.holding: list[MetricsRecorder] = []
+
+
+_task_writes = _TaskWrites()
+
+
 class MetricsRecorder:
     """Adds to the counters in Redis; every method swallows Redis errors."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._held: list[Write] = []
 
     @classmethod
     def from_url(cls, url: str) -> MetricsRecorder:
         return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2))
 
     def _write(self, what: str, action: Callable[[redis.client.Pipeline], None]) -> None:
+        if not _task_writes.in_task:
+            self._send([(what, action)])
+            return
+        if not self._held:
+            _task_writes.holding.append(self)
+        self._held.append((what, action))
+        if len(self._held) >= MAX_HELD_WRITES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the writes held back, in one pipeline."""
+        held, self._held = self._held, []
+        if held:
+            self._send(held)
+
+    def _send(self, writes: list[Write]) -> None:
         try:
             pipe = self._redis.pipeline(transaction=False)
-            action(pipe)
+            for _what, action in writes:
+                action(pipe)
             pipe.execute()
         except redis.RedisError as exc:
-            log.debug("metric %s not recorded: %s", what, exc)
+            log.debug("metrics %s not recorded: %s", ", ".join(w for w, _a in writes), exc)
 
     def call(self, api_class: str, status: int | None) -> None:
         field = f"{api_class}|{call_outcome(status)}"
@@ -122,27 +165,43 @@ class MetricsRecorder:
 # -- Celery signals: step durations and reconciler restarts, for every task of this project ---
 
 _started: dict[str, float] = {}
-_recorder: MetricsRecorder | None = None
+_recorders: dict[str, MetricsRecorder] = {}
+
+
+def shared_recorder(url: str) -> MetricsRecorder:
+    """This process's recorder for the Redis at ``url``: the cloud client's counts, the
+    limiter's and the step durations go in one pipeline at a task's end."""
+    if url not in _recorders:
+        _recorders[url] = MetricsRecorder.from_url(url)
+    return _recorders[url]
 
 
 def _process_recorder() -> MetricsRecorder | None:
-    global _recorder
-    if _recorder is None:
-        from worker.settings import get_settings
+    from worker.settings import get_settings
 
-        url = get_settings().redis_url
-        _recorder = MetricsRecorder.from_url(url) if url else None
-    return _recorder
+    url = get_settings().redis_url
+    return shared_recorder(url) if url else None
 
 
 @task_prerun.connect
 def _task_started(task_id: str | None = None, task=None, **_kwargs) -> None:
+    _task_writes.in_task = True
     if task_id and task is not None and task.name.startswith("bms."):
         _started[task_id] = time.monotonic()
 
 
 @task_postrun.connect
 def _task_finished(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:
+    try:
+        _record_step(task_id, task, retval, state)
+    finally:
+        _task_writes.in_task = False
+        holding, _task_writes.holding = _task_writes.holding, []
+        for recorder in holding:
+            recorder.flush()
+
+
+def _record_step(task_id, task, retval, state) -> None:
     started = _started.pop(task_id, None) if task_id else None
     if started is None or task is None:
         return

@@ -22,7 +22,7 @@ from bms.auth import AkSkAuth, TokenAuth
 from bms.client import BmsClient
 from models.db import make_engine, make_session_factory
 from worker.limiter import GlobalLimiter
-from worker.metrics import MetricsRecorder
+from worker.metrics import MetricsRecorder, shared_recorder
 from worker.settings import Settings, get_settings
 
 
@@ -95,8 +95,8 @@ def _auth(settings: Settings):
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items)
-    metrics = MetricsRecorder.from_url(settings.redis_url)
+    metrics = shared_recorder(settings.redis_url)
+    limiter = GlobalLimiter(settings.redis_url, settings.rate_limit_items, metrics=metrics)
     try:
         client = build_client(settings, limiter, metrics)
     except CloudNotConfigured as exc:
