@@ -402,13 +402,15 @@ def _holding(
     limiter = runtime().limiter if api_class else None
     if limiter is None:
         return nullcontext()
+    pickup = None
     if slot is not None and eta is not None:
         due = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
         due = due if due.tzinfo else due.replace(tzinfo=UTC)  # Celery's are UTC
-        limiter.record_pickup(api_class, (datetime.now(UTC) - due).total_seconds())
+        pickup = (datetime.now(UTC) - due).total_seconds()
     held = ExitStack()
     try:
-        held.enter_context(limiter.hold(api_class, slot))
+        # The pickup is sampled in the round trip that adopts the slot.
+        held.enter_context(limiter.hold(api_class, slot, pickup=pickup))
     except NoCapacity:
         if cancellable is None or not _cancelled(cancellable):
             raise

@@ -47,6 +47,8 @@ log = logging.getLogger("bms.limiter")
 #: pickup: a worker's timer, a free pool child) is sampled over this many latest runs; a booked
 #: create is sent that much ahead of its slot's instant (:meth:`GlobalLimiter.lead`).
 PICKUP_SAMPLES = 64
+#: The samples are forgotten this long after the last one.
+PICKUP_TTL_MS = 3600 * 1000
 #: The lead is the pickup this share of those runs stayed within...
 PICKUP_QUANTILE = 0.9
 #: ...and never more than this: a run that starts early waits for its instant in its pool
@@ -151,7 +153,10 @@ return answer
 """
 )
 
-# KEYS: the window, the back-off flag. ARGV: the entry, window + margin in ms.
+# KEYS: the window, the back-off flag, and optionally the class's pickup samples. ARGV: the
+# entry, window + margin in ms, and with the samples' key: the run's pickup in ms, how many
+# samples are kept, their key's lifetime in ms (see record_pickup: the same writes, in this
+# round trip).
 # A reservation handed over with a message: still in the window, {0, ms until its instant} is
 # returned (0: the instant has come; it is stamped now, its call is about to be made; a message
 # sent ahead of its slot's instant keeps the booked stamp and its call waits for that instant);
@@ -160,6 +165,11 @@ return answer
 _ADOPT = (
     _NOW_MS
     + """
+if KEYS[3] then
+  redis.call('LPUSH', KEYS[3], ARGV[3])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -367,16 +377,23 @@ class GlobalLimiter:
                 self._redis.zrem(_answered_key(api_class), *entries)
 
     @contextmanager
-    def hold(self, api_class: str, entry: int | None = None) -> Iterator[None]:
+    def hold(
+        self, api_class: str, entry: int | None = None, pickup: float | None = None
+    ) -> Iterator[None]:
         """Hold one slot of ``api_class`` for the duration: the reservation ``entry`` handed
         over with the message if it is still valid, else one taken now. The first ``acquire``
         of the class inside spends it; a slot not spent is given back at the end.
 
         Take it before touching anything, so that a call that must wait costs nothing else.
 
+        ``pickup``: a sample for :meth:`record_pickup`, written in the same round trip as the
+        adoption of ``entry``.
+
         :raises NoCapacity: no slot now (nothing was taken).
         """
-        slot = self._adopted(api_class, entry) if entry is not None else None
+        if pickup is not None and entry is None:
+            self.record_pickup(api_class, pickup)
+        slot = self._adopted(api_class, entry, pickup) if entry is not None else None
         if slot is None:
             slot = (self._take(api_class), 0.0)
         held = dict(self._held.get() or {})
@@ -390,15 +407,19 @@ class GlobalLimiter:
             if left is not None:
                 self.release(api_class, [left[0]])
 
-    def _adopted(self, api_class: str, entry: int) -> tuple[int, float] | None:
+    def _adopted(
+        self, api_class: str, entry: int, pickup: float | None = None
+    ) -> tuple[int, float] | None:
         """``entry`` and the monotonic instant its call may be made at, when it still holds its
-        slot; ``None`` when it has left the window."""
+        slot; ``None`` when it has left the window. ``pickup`` is sampled on the way."""
         limit, window_ms, margin_ms = self._windows[api_class]
         keys = [_window_key(api_class), _backoff_key(api_class)]
+        args = [entry, window_ms + margin_ms]
+        if pickup is not None:
+            keys.append(_pickup_key(api_class))
+            args += [_pickup_ms(pickup), PICKUP_SAMPLES, PICKUP_TTL_MS]
         with _admitting(api_class):
-            answer = [
-                int(value) for value in self._adopt(keys=keys, args=[entry, window_ms + margin_ms])
-            ]
+            answer = [int(value) for value in self._adopt(keys=keys, args=args)]
         if answer[0] > 0:
             raise self._denied(api_class, answer[0] / 1000)
         if answer[0] < 0:
@@ -418,9 +439,9 @@ class GlobalLimiter:
         key = _pickup_key(api_class)
         with _bookkeeping(f"{api_class} pickup sample"):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.lpush(key, max(int(seconds * 1000), 0))
+            pipe.lpush(key, _pickup_ms(seconds))
             pipe.ltrim(key, 0, PICKUP_SAMPLES - 1)
-            pipe.pexpire(key, 3600 * 1000)
+            pipe.pexpire(key, PICKUP_TTL_MS)
             pipe.execute()
 
     def lead(self, api_class: str) -> float:
@@ -509,6 +530,10 @@ def _window_key(api_class: str) -> str:
 def _grace_ms(span_ms: int) -> int:
     """How long past its window an entry still in flight keeps its slot."""
     return max(span_ms, GRACE_MIN_MS)
+
+
+def _pickup_ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 0)
 
 
 def _pickup_key(api_class: str) -> str:

@@ -131,7 +131,11 @@ class StubLimiter:
         self.backed_off.append((api_class, seconds))
 
     @contextmanager
-    def hold(self, api_class: str, entry: int | None = None) -> Iterator[None]:
+    def hold(
+        self, api_class: str, entry: int | None = None, pickup: float | None = None
+    ) -> Iterator[None]:
+        if pickup is not None:
+            self.record_pickup(api_class, pickup)
         if self.denied is not None:
             raise NoCapacity(api_class, self.denied, 60.0)
         self.holds.append((api_class, entry))

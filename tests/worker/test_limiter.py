@@ -306,3 +306,22 @@ def test_the_lead_is_the_pickup_most_runs_stayed_within_and_is_bounded(limiter):
     for _ in range(PICKUP_SAMPLES):
         limiter.record_pickup("create", 30.0)
     assert limiter.lead("create") == MAX_LEAD_SECONDS
+
+
+def test_a_pickup_is_sampled_in_the_round_trip_that_adopts_its_slot(limiter, monkeypatch):
+    entry = limiter.reserve("create", 1).entries[0]
+    scripts: list[int] = []
+    original = type(limiter._redis).evalsha
+    monkeypatch.setattr(
+        type(limiter._redis),
+        "evalsha",
+        lambda r, *a, **k: scripts.append(1) or original(r, *a, **k),
+    )
+    sent = []
+    monkeypatch.setattr(type(limiter._redis), "pipeline", lambda *a, **k: sent.append(1))
+
+    with limiter.hold("create", entry, pickup=0.25):
+        pass
+
+    assert sent == [] and len(scripts) == 1  # the adoption alone (the slot given back: ZREMs)
+    assert limiter.lead("create") == 0.25
