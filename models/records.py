@@ -171,12 +171,27 @@ def watched_clause() -> ColumnElement[bool]:
     )
 
 
-#: The reconciler's query walks only the watched requests, oldest update first.
+def started_clause() -> ColumnElement[bool]:
+    """The watched requests past PENDING: a chain took them on (or a server is left to
+    delete). The PENDING ones are left out: most of them wait behind their batch's dispatch
+    watermark, which is not on the row, so an index of them would be walked in vain."""
+    return (ServerRequest.state != RequestState.PENDING) & watched_clause()
+
+
+#: The reconciler's query walks the started requests, oldest update first...
 Index(
-    "ix_server_requests_watched_updated_at",
+    "ix_server_requests_started_updated_at",
     ServerRequest.updated_at,
-    postgresql_where=watched_clause(),
-    sqlite_where=watched_clause(),
+    postgresql_where=started_clause(),
+    sqlite_where=started_clause(),
+)
+#: ... and finds the PENDING ones below their batch's watermark batch by batch.
+Index(
+    "ix_server_requests_pending_batch_id_position",
+    ServerRequest.batch_id,
+    ServerRequest.position,
+    postgresql_where=ServerRequest.state == RequestState.PENDING,
+    sqlite_where=ServerRequest.state == RequestState.PENDING,
 )
 
 

@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import Select, select, true, union_all, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from models.base import utcnow
 from models.db import session_scope
-from models.records import AttachmentState, Batch, ServerRequest, transition, watched_clause
+from models.records import AttachmentState, Batch, ServerRequest, started_clause, transition
 from models.states import IN_FLIGHT_STATES, RESUME_STATE, RequestState, Step
 from tasks.base import give_up, send_each
 from tasks.group_create import reconcile_groups
@@ -94,28 +94,71 @@ def _end_stalled(session: Session, request: ServerRequest) -> None:
     give_up(session, request, step, "ORCH.STALLED", message)
 
 
+#: Stalled requests the reconciler takes on per run (the rest wait for its next run).
+STALLED_LIMIT = 1000
+
+
 def stalled_request_ids(session: Session, idle_seconds: float) -> list[uuid.UUID]:
-    """Unfinished requests, or ones with a server left to delete, idle for ``idle_seconds``.
+    """Unfinished requests, or ones with a server left to delete, idle for ``idle_seconds``,
+    oldest update first.
 
     A request its batch's feeder has not reached yet (PENDING, at or past the dispatch
     watermark) is waiting for quota, not stalled: the batch reconciler watches its feeder.
+    Such requests can be most of the unfinished ones, and the watermark is on the batch, not
+    the row: so the query never walks them. One statement of two parts, merged by update:
+    the started requests from their partial index in its order (up to the limit), and the
+    PENDING ones below their batch's watermark, looked up batch by batch (usually none).
     """
     cutoff = utcnow() - timedelta(seconds=idle_seconds)
-    # watched_clause() is also the predicate of the partial index this query walks.
-    query = select(ServerRequest.id).where(
-        watched_clause(), ServerRequest.updated_at < cutoff, ~_undispatched()
+    # started_clause() is also the predicate of the partial index this part walks.
+    started = (
+        select(ServerRequest.id, ServerRequest.updated_at)
+        .where(started_clause(), ServerRequest.updated_at < cutoff)
+        .order_by(ServerRequest.updated_at)
+        .limit(STALLED_LIMIT)
     )
-    return list(session.scalars(query.order_by(ServerRequest.updated_at).limit(1000)))
+    sent = _sent_pending(session, cutoff)
+    both = union_all(started.subquery().select(), sent).subquery()
+    query = select(both.c.id).order_by(both.c.updated_at).limit(STALLED_LIMIT)
+    return list(session.scalars(query))
 
 
-def _undispatched() -> ColumnElement[bool]:
-    watermark = (
-        select(Batch.dispatched_position)
-        .where(Batch.id == ServerRequest.batch_id)
-        .correlate(ServerRequest)
-        .scalar_subquery()
+def _sent_pending(session: Session, cutoff: datetime) -> Select:
+    """PENDING requests below their batch's watermark (chains sent, never started), idle
+    since before ``cutoff``: (id, updated_at), unordered.
+
+    On PostgreSQL a LATERAL subquery per batch (its first ``STALLED_LIMIT`` by position), so
+    that each batch's range below its watermark is looked up in the PENDING index: the
+    planner cannot tell how many requests ``position < dispatched_position`` keeps, and as a
+    plain join it walked every PENDING request (most of them waiting past the watermark) when
+    one batch held them. SQLite joins in nested loops anyway. ``position >= 0``, so
+    ``dispatched_position > 0`` is implied; said, it skips the batches not started yet.
+    """
+    R = ServerRequest
+    below_watermark = (
+        R.batch_id == Batch.id,
+        R.state == S.PENDING,
+        R.position < Batch.dispatched_position,
+        R.updated_at < cutoff,
     )
-    return (ServerRequest.state == S.PENDING) & (ServerRequest.position >= watermark)
+    started_batches = Batch.dispatched_position > 0
+    if session.get_bind().dialect.name != "postgresql":
+        return select(R.id, R.updated_at).where(*below_watermark, started_batches)
+    # In the index's order, and limited: a subquery with a LIMIT is not flattened into a join.
+    per_batch = (
+        select(R.id, R.updated_at)
+        .where(*below_watermark)
+        .order_by(R.position)
+        .limit(STALLED_LIMIT)
+        .correlate(Batch)
+        .lateral()
+    )
+    return (
+        select(per_batch.c.id, per_batch.c.updated_at)
+        .select_from(Batch)
+        .join(per_batch, true())
+        .where(started_batches)
+    )
 
 
 @shared_task(name="bms.reconcile", ignore_result=True, acks_late=True)
