@@ -293,3 +293,30 @@ def test_every_exchange_is_reported_with_its_class_and_status(serve):
         with pytest.raises(Throttled):
             client.show_job("job-1")
     assert seen == [("show", None), ("show", 503), ("show", 200), ("job", 429)]
+
+
+def test_the_environment_is_read_once_not_per_call(serve, monkeypatch):
+    # Issue 11: requests scanned every environment variable for proxies on each call.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    server = serve(Reply(200, SERVER))
+    reads: list[str] = []
+    original = requests.utils.get_environ_proxies
+    monkeypatch.setattr(
+        requests.utils,
+        "get_environ_proxies",
+        lambda url, **k: reads.append(url) or original(url, **k),
+    )
+    monkeypatch.setattr(
+        requests.sessions, "get_environ_proxies", requests.utils.get_environ_proxies
+    )
+    with _client(server, []) as client:
+        made = len(reads)
+        for _ in range(3):
+            assert client.show_server("s-1")["id"] == "s-1"  # NO_PROXY: straight to the server
+
+    assert len(reads) == made  # nothing read by the calls
+    transport = Transport("https://bms.example.com", AkSkAuth(AK, SK, PROJECT), timeout=(1, 1))
+    assert transport.session.proxies["https"] == "http://proxy.invalid:3128"  # still honoured
+    assert transport.session.verify == "/etc/ssl/certs/ca-certificates.crt"
