@@ -134,3 +134,33 @@ def test_python_m_api_serves_with_the_token_and_never_logs_it(
     assert allowed.status_code == 200
     assert f"127.0.0.1:{port}" in output  # uvicorn's "running on" line: the log was captured
     assert TOKEN not in output
+
+
+WARM_CHECK = """
+from api.app import create_app
+from worker.app import app
+from worker.settings import get_settings
+
+create_app(get_settings())
+assert app.finalized, "the Celery app is finalized"
+assert app._pool is not None, "the producer pool is made"
+assert "backend" in app._local.__dict__, "the result backend is made"
+"""
+
+
+def test_the_app_is_ready_to_send_before_its_first_submission_even_with_the_broker_down(
+    tmp_path,
+):
+    # What the first POST's bms.start_batch would make in its answer's time is made by
+    # create_app; no connection is opened (the broker's port here is closed).
+    result = subprocess.run(
+        [sys.executable, "-c", WARM_CHECK],
+        env=_env(
+            BMS_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+            BMS_DATABASE_URL=f"sqlite:///{tmp_path / 'api.db'}",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
