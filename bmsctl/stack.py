@@ -104,6 +104,8 @@ class EmbeddedStack:
         #: The queues of each worker child, when this stack runs the Redis they use: then a
         #: dead worker's unacknowledged messages are its own, to hand back (bmsctl.handback).
         self._own_queues: dict[str, list[str]] = {}
+        #: The ports Flower and the API listen on, decided (and checked free) before any start.
+        self._listen_ports: dict[str, int] = {}
 
     def start(self) -> None:
         """Start every part, in dependency order; on any failure stop what was started.
@@ -113,6 +115,7 @@ class EmbeddedStack:
         if not self.lock.held:
             self.lock.acquire()
         try:
+            self._decide_listen_ports()
             self._start_redis()
             self._migrate()
             self._start_simulator()
@@ -281,12 +284,27 @@ class EmbeddedStack:
         )
         self.addresses["workers"] = f"cloud (x{concurrency}), control, webhook (x2); beat"
 
+    def _decide_listen_ports(self) -> None:
+        """Decide Flower's and the API's ports and check them free before anything starts: a
+        taken port (or Flower off loopback without a login) is an error in a moment, not after
+        Redis, the migrations, the simulator and the workers came up for nothing."""
+        if self.options.with_flower:
+            address = self.settings.flower_address
+            if self.settings.flower_basic_auth is None and not is_loopback(address):
+                raise StackError("Flower off loopback needs BMS_FLOWER_BASIC_AUTH (user:password)")
+            port = self._port(self.options.flower_port, self.settings.flower_port)
+            _check_port_free("Flower", address, port, "BMS_FLOWER_PORT")
+            self._listen_ports["flower"] = port
+        if self.options.with_api:
+            port = self._port(self.options.api_port, self.settings.api_port)
+            _check_port_free("the API", self.settings.api_host, port, "BMS_API_PORT")
+            self._listen_ports["api"] = port
+
     def _start_flower(self) -> None:
         address = self.settings.flower_address
-        port = self._port(self.options.flower_port, self.settings.flower_port)
+        port = self._listen_ports["flower"]
         auth = self.settings.flower_basic_auth
-        if auth is None and not is_loopback(address):
-            raise StackError("Flower off loopback needs BMS_FLOWER_BASIC_AUTH (user:password)")
+        # Checked again: another process may have taken it while the others started.
         _check_port_free("Flower", address, port, "BMS_FLOWER_PORT")
         argv = [sys.executable, "-m", "worker.flower", f"--address={address}", f"--port={port}"]
         if auth is not None:
@@ -306,7 +324,7 @@ class EmbeddedStack:
 
     def _start_api(self) -> None:
         host = self.settings.api_host
-        port = self._port(self.options.api_port, self.settings.api_port)
+        port = self._listen_ports["api"]
         _check_port_free("the API", host, port, "BMS_API_PORT")
         self.decided["BMS_API_PORT"] = str(port)
         base = f"http://{host}:{port}"

@@ -247,25 +247,6 @@ def test_each_child_gets_only_the_secrets_it_uses(running_stack):
     assert cloud | {"BMS_DATABASE_URL"} <= environment_of(pids["worker-cloud"])
 
 
-def test_sighup_stops_every_child_and_settings_are_honoured(tmp_path, redis_url):
-    """A closed terminal (SIGHUP) stops everything; BMS_FLOWER_PORT and BMS_REDIS_URL hold."""
-    import redis
-
-    redis.Redis.from_url(redis_url).flushall()  # no message of an earlier test
-    flower_port = _free_port()
-    env = stack_env(tmp_path, BMS_REDIS_URL=redis_url) | {"BMS_FLOWER_PORT": str(flower_port)}
-    up = Up(tmp_path, env)
-    try:
-        assert up.state["addresses"]["flower"] == f"http://127.0.0.1:{flower_port}"
-        assert requests.Session().get(f"http://127.0.0.1:{flower_port}/healthcheck").ok
-        assert up.state["addresses"]["redis"] == redis_url
-        assert "redis" not in up.pids()  # the given Redis is used, none is started
-    finally:
-        children = len(up.pids())
-        output = up.stop(signal.SIGHUP)
-    assert f"bmsctl up: stack stopped: {children} children stopped" in output
-
-
 def test_a_second_up_in_the_same_directory_refuses_and_leaves_the_first_intact(running_stack):
     directory, state = running_stack
     var = directory / "var"
@@ -310,7 +291,12 @@ def test_a_foreign_process_on_a_port_is_an_error(tmp_path):
     assert processes_under(tmp_path) == []
 
 
-def test_a_restarted_stack_keeps_the_simulated_cloud(tmp_path):
+def test_a_restarted_stack_keeps_the_simulated_cloud(tmp_path, redis_url):
+    """Stopped with Ctrl-C, then started again (with BMS_REDIS_URL and BMS_FLOWER_PORT, closed
+    by SIGHUP as a closing terminal does): the servers of the first run are still in the cloud.
+    One test for both stacks: each ``up`` costs 10-20 s of the suite."""
+    import redis
+
     env = stack_env(tmp_path)
     first = Up(tmp_path, env)
     try:
@@ -326,8 +312,14 @@ def test_a_restarted_stack_keeps_the_simulated_cloud(tmp_path):
     server_ids = {row["server_id"] for row in view["requests"]}
     assert len(server_ids) == 10
 
-    second = Up(tmp_path, env)
+    redis.Redis.from_url(redis_url).flushall()  # no message of an earlier test
+    flower_port = _free_port()
+    second = Up(tmp_path, env | {"BMS_REDIS_URL": redis_url, "BMS_FLOWER_PORT": str(flower_port)})
     try:
+        assert second.state["addresses"]["flower"] == f"http://127.0.0.1:{flower_port}"
+        assert requests.Session().get(f"http://127.0.0.1:{flower_port}/healthcheck").ok
+        assert second.state["addresses"]["redis"] == redis_url
+        assert "redis" not in second.pids()  # the given Redis is used, none is started
         cloud = second.state["addresses"]["cloud"].split()[0]
         http = requests.Session()
         for server_id in server_ids:
@@ -335,8 +327,10 @@ def test_a_restarted_stack_keeps_the_simulated_cloud(tmp_path):
             assert server.status_code == 200, server_id
             assert server.json()["server"]["status"] == "ACTIVE"
     finally:
-        output = second.stop()
+        children = len(second.pids())
+        output = second.stop(signal.SIGHUP)
     assert "simulated cloud: loaded from var/simulator.json" in output
+    assert f"bmsctl up: stack stopped: {children} children stopped" in output
 
 
 def test_demo_stops_everything_on_ctrl_c(tmp_path):

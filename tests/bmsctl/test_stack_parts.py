@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from bmsctl.stack import SIMULATOR_STATE_FILE, EmbeddedStack, StackOptions
+from bmsctl.stack import SIMULATOR_STATE_FILE, EmbeddedStack, StackError, StackOptions
 from worker.settings import load_settings
 
 SECRETS = {
@@ -63,3 +65,25 @@ def test_fresh_forgets_the_saved_cloud_and_says_so(stack, monkeypatch):
     stack._start_simulator()
     assert not saved.exists()
     assert stack.notes[0].startswith(f"simulated cloud: new and empty (saved to {saved}")
+
+
+@pytest.mark.parametrize("part", ["flower", "api"])
+def test_a_taken_port_is_refused_before_any_part_starts(tmp_path, monkeypatch, part):
+    """It used to be found only after Redis, the migrations, the simulator and the workers had
+    started (and were stopped again): 15 s on a busy machine for an error known at once."""
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        ports = {"api_port": 0, "flower_port": 0} | {f"{part}_port": port}
+        settings = load_settings(redis_url="redis://127.0.0.1:1/0", **SECRETS)
+        stack = EmbeddedStack(settings, StackOptions(tmp_path, **ports))
+        started = []
+        monkeypatch.setattr(stack, "_spawn", lambda name, *rest: started.append(name))
+        monkeypatch.setattr(stack, "_migrate", lambda: started.append("migrations"))
+
+        with pytest.raises(StackError, match=f"port {port} on 127.0.0.1 is in use"):
+            stack.start()
+
+    assert started == []
+    assert not stack.lock.held
