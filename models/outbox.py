@@ -19,8 +19,9 @@ webhook scan sends them.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import event
+from sqlalchemy import event, insert
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -72,13 +73,41 @@ def batch_of(session: Session) -> dict[uuid.UUID, uuid.UUID]:
 
 def webhook_event(transition: Event) -> WebhookEvent | None:
     """The request event a transition makes, if any."""
-    if transition.from_state is None or transition.from_state == transition.to_state:
+    return _webhook_event(transition.from_state, transition.to_state)
+
+
+def _webhook_event(from_state, to_state) -> WebhookEvent | None:
+    if from_state is None or from_state == to_state:
         return None
-    if transition.from_state == RequestState.TEARING_DOWN:
+    if from_state == RequestState.TEARING_DOWN:
         return WebhookEvent.REQUEST_TORN_DOWN
-    if transition.to_state in TERMINAL_STATES:
+    if to_state in TERMINAL_STATES:
         return WebhookEvent.REQUEST_FINISHED
     return None
+
+
+def add_event(
+    session: Session,
+    request_id: uuid.UUID,
+    from_state: RequestState,
+    to_state: RequestState,
+    detail: str,
+    at: datetime,
+) -> None:
+    """Append the event of a transition made without loading the request (a Core ``UPDATE``).
+
+    One that makes no webhook event is a Core ``INSERT``, sent now: no flush of the ORM's unit
+    of work for it at the commit (issue 11). One that does is added to the session, where the
+    listener below sees it, as any transition's."""
+    if _webhook_event(from_state, to_state) is not None:
+        session.add(Event(request_id=request_id, from_state=from_state, to_state=to_state,
+                          detail=detail, at=at))  # fmt: skip
+        return
+    session.execute(
+        insert(Event.__table__).values(
+            request_id=request_id, from_state=from_state, to_state=to_state, detail=detail, at=at
+        )
+    )
 
 
 def _finishing_events(session: Session) -> list[Event]:

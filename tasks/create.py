@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import String, cast, literal, update
+from sqlalchemy import String, cast, insert, literal, update
 
 from bms.exceptions import BadRequest, CloudTransportError, Throttled
 from models.base import as_utc, utcnow
 from models.db import session_scope
+from models.outbox import add_event
 from models.records import (
     CloudJob,
-    Event,
     JobKind,
     ServerRequest,
     StrayServer,
@@ -124,8 +124,7 @@ def _start_pending(chain: Chain) -> tuple[dict, str] | None:
         if row is None:
             return None
         name, spec, marker = row
-        session.add(Event(request_id=request_id, from_state=S.PENDING, to_state=S.CREATING,
-                          detail="dispatched", at=now))  # fmt: skip
+        add_event(session, request_id, S.PENDING, S.CREATING, "dispatched", now)
     return _body(spec, name, marker), marker
 
 
@@ -276,9 +275,9 @@ def _record_job_at_once(chain: Chain, marker: str, job_id: str) -> Next | None:
         fence = session.execute(statement).scalar_one_or_none()
         if fence is None:
             return None
-        session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE))
-        session.add(Event(request_id=request_id, from_state=S.CREATING, to_state=S.BUILDING,
-                          detail=f"create job {job_id}", at=now))  # fmt: skip
+        job = {"job_id": job_id, "request_id": request_id, "kind": JobKind.CREATE}
+        session.execute(insert(CloudJob.__table__).values(**job, created_at=now, updated_at=now))
+        add_event(session, request_id, S.CREATING, S.BUILDING, f"create job {job_id}", now)
     chain.fence = fence  # committed: the row now expects this token
     poll = Chain(chain.request_id, fence, job_id)
     return Next(poll_signature(poll, first_poll(JobKind.CREATE)))

@@ -18,8 +18,8 @@ from sqlalchemy import update
 
 from models.base import utcnow
 from models.db import session_scope
-from models.outbox import batch_of
-from models.records import Event, ServerRequest, transition
+from models.outbox import add_event, batch_of
+from models.records import ServerRequest, transition
 from models.spec import BAREMETAL_TAG
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, claim, fail, handoff, step_task
@@ -178,6 +178,5 @@ def _active_at_once(chain: Chain, server_id: str, server: dict) -> bool:
         if batch_id is None:
             return False
         batch_of(session)[request_id] = batch_id
-        session.add(Event(request_id=request_id, from_state=S.TAGGING, to_state=S.ACTIVE,
-                          detail=f"server {server_id} ready", at=now))  # fmt: skip
+        add_event(session, request_id, S.TAGGING, S.ACTIVE, f"server {server_id} ready", now)
     return True

@@ -22,10 +22,10 @@ from bms.exceptions import NotFound
 from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
 from models.db import session_scope
+from models.outbox import add_event
 from models.records import (
     AttachmentState,
     CloudJob,
-    Event,
     JobKind,
     ServerRequest,
     StrayServer,
@@ -200,8 +200,7 @@ def _create_done_at_once(chain: Chain, job_id: str, job: Job) -> Next | None:
             values = _job_values(job) | {"polls": 1}
             session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE,
                                  **values))  # fmt: skip
-        session.add(Event(request_id=request_id, from_state=S.BUILDING, to_state=S.TAGGING,
-                          detail=f"server {server_id} built", at=now))  # fmt: skip
+        add_event(session, request_id, S.BUILDING, S.TAGGING, f"server {server_id} built", now)
     marker_name = create_serial == 0 or cloud_name not in (None, name)
     stage = Stage(server_id, spec, name, marker_name)
     return stage_at_once(Chain(chain.request_id, chain.fence), stage)
