@@ -103,11 +103,13 @@ def add_event(
         session.add(Event(request_id=request_id, from_state=from_state, to_state=to_state,
                           detail=detail, at=at))  # fmt: skip
         return
-    session.execute(
-        insert(Event.__table__).values(
-            request_id=request_id, from_state=from_state, to_state=to_state, detail=detail, at=at
-        )
-    )
+    row = {"request_id": request_id, "from_state": from_state, "to_state": to_state,
+           "detail": detail, "at": at}  # fmt: skip
+    session.execute(_ADD_EVENT, row)
+
+
+#: Built once: its cache key is computed once, not per event.
+_ADD_EVENT = insert(Event.__table__)
 
 
 def _finishing_events(session: Session) -> list[Event]:

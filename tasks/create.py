@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import String, cast, insert, literal, update
+from sqlalchemy import String, bindparam, cast, insert, update
 
 from bms.exceptions import BadRequest, CloudTransportError, Throttled
 from models.base import as_utc, utcnow
@@ -94,33 +94,38 @@ def create_server(chain: Chain) -> Next | None:
     return post_create(chain, body, marker, not in_cloud_maybe, ONE_SERVER)
 
 
+#: The rows' columns, for statements built once (Core, on the tables: no ORM compile step, and
+#: the statement's cache key is computed once, not per run; issue 11).
+_R = ServerRequest.__table__.c
+#: The usual first run's UPDATE (see :func:`_start_pending`). The marker is made as marker_for
+#: makes it, from the serial the UPDATE gives the row.
+_START_PENDING = (
+    update(ServerRequest.__table__)
+    .where(_R.id == bindparam("request_id"), _R.fence == bindparam("token"))
+    .where(_R.state == S.PENDING, _R.create_intent_at.is_(None), _R.group_id.is_(None))
+    .values(
+        state=S.CREATING,
+        attempt=_R.attempt + 1,
+        create_serial=_R.create_serial + 1,
+        create_marker=bindparam("marker_prefix", type_=String) + cast(_R.create_serial + 1, String),
+        create_intent_at=bindparam("intent_at"),
+        updated_at=bindparam("now"),
+    )
+    .returning(_R.name, _R.spec, _R.create_marker)
+)
+
+
 def _start_pending(chain: Chain) -> tuple[dict, str] | None:
     """The usual first run, in two statements: a PENDING request this message owns, no create
     under way, becomes CREATING with a new attempt, marker and intent in one conditional UPDATE
     (returning what the POST needs), and its event is added. ``None``: anything else (a re-run,
     a cancel, a stale message), which the claim sorts out."""
-    R = ServerRequest
     request_id = uuid.UUID(chain.request_id)
     now = utcnow()
-    # The marker as marker_for makes it, from the serial the UPDATE gives the row.
-    marker = literal(f"o{request_id.hex[:12]}a") + cast(R.create_serial + 1, String)
-    statement = (
-        update(R)
-        .where(R.id == request_id, R.fence == chain.fence, R.state == S.PENDING)
-        .where(R.create_intent_at.is_(None), R.group_id.is_(None))
-        .values(
-            state=S.CREATING,
-            attempt=R.attempt + 1,
-            create_serial=R.create_serial + 1,
-            create_marker=marker,
-            create_intent_at=now,
-            updated_at=now,
-        )
-        .returning(R.name, R.spec, R.create_marker)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"request_id": request_id, "token": chain.fence, "intent_at": now, "now": now,
+              "marker_prefix": f"o{request_id.hex[:12]}a"}  # fmt: skip
     with session_scope(runtime().sessions) as session:
-        row = session.execute(statement).one_or_none()
+        row = session.execute(_START_PENDING, params).one_or_none()
         if row is None:
             return None
         name, spec, marker = row
@@ -247,36 +252,40 @@ def _record_job(chain: Chain, marker: str, job_id: str) -> Next | None:
         return handoff(request, first_poll(JobKind.CREATE))
 
 
+#: The usual answer's UPDATE (see :func:`_record_job_at_once`).
+_RECORD_JOB = (
+    update(ServerRequest.__table__)
+    .where(_R.id == bindparam("request_id"), _R.fence == bindparam("token"))
+    .where(_R.state == S.CREATING, _R.create_marker == bindparam("marker"))
+    .where(_R.job_id.is_(None), _R.server_id.is_(None), _R.cleanup_server_id.is_(None))
+    .values(
+        state=S.BUILDING,
+        job_id=bindparam("new_job_id"),
+        create_intent_at=None,
+        fence=_R.fence + 1,  # the hand-off to the poll (advance)
+        restarts=0,
+        updated_at=bindparam("now"),
+    )
+    .returning(_R.fence)
+)
+_ADD_JOB = insert(CloudJob.__table__)
+
+
 def _record_job_at_once(chain: Chain, marker: str, job_id: str) -> Next | None:
     """The usual answer, in three statements: the request this message owns, CREATING with this
     create's marker and nothing else under way, becomes BUILDING on ``job_id`` and is handed to
     its poll in one conditional UPDATE; the job's row and the event are added. ``None``:
     anything else, which the claim of :func:`_record_job` sorts out (nothing was written)."""
-    R = ServerRequest
     request_id = uuid.UUID(chain.request_id)
     now = utcnow()
-    statement = (
-        update(R)
-        .where(R.id == request_id, R.fence == chain.fence, R.state == S.CREATING)
-        .where(R.create_marker == marker, R.job_id.is_(None), R.server_id.is_(None))
-        .where(R.cleanup_server_id.is_(None))
-        .values(
-            state=S.BUILDING,
-            job_id=job_id,
-            create_intent_at=None,
-            fence=R.fence + 1,  # the hand-off to the poll (advance)
-            restarts=0,
-            updated_at=now,
-        )
-        .returning(R.fence)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"request_id": request_id, "token": chain.fence, "marker": marker,
+              "new_job_id": job_id, "now": now}  # fmt: skip
     with session_scope(runtime().sessions) as session:
-        fence = session.execute(statement).scalar_one_or_none()
+        fence = session.execute(_RECORD_JOB, params).scalar_one_or_none()
         if fence is None:
             return None
         job = {"job_id": job_id, "request_id": request_id, "kind": JobKind.CREATE}
-        session.execute(insert(CloudJob.__table__).values(**job, created_at=now, updated_at=now))
+        session.execute(_ADD_JOB, job | {"created_at": now, "updated_at": now})
         add_event(session, request_id, S.CREATING, S.BUILDING, f"create job {job_id}", now)
     chain.fence = fence  # committed: the row now expects this token
     poll = Chain(chain.request_id, fence, job_id)

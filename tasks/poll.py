@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, update
+from sqlalchemy import bindparam, exists, update
 
 from bms.exceptions import NotFound
 from bms.jobs import Job, JobOutcome
@@ -156,35 +156,56 @@ def poll_create_job(chain: Chain) -> Next | None:
     raise Wait(wait, "create job running")
 
 
+_R = ServerRequest.__table__.c
+_JOBS = CloudJob.__table__
+#: The usual end of a create's UPDATE (see :func:`_create_done_at_once`); built once (Core, on
+#: the table: no ORM compile step, the cache key computed once; issue 11).
+_CREATE_DONE = (
+    update(ServerRequest.__table__)
+    .where(_R.id == bindparam("request_id"), _R.fence == bindparam("token"))
+    .where(_R.state == S.BUILDING, _R.job_id == bindparam("done_job_id"))
+    .where(_R.cleanup_server_id.is_(None))
+    .where(~exists().where(VolumeAttachment.__table__.c.request_id == _R.id))
+    .values(
+        state=S.TAGGING,
+        server_id=bindparam("built_server_id"),
+        job_id=None,
+        wait_deadline_at=None,
+        step_done=None,
+        restarts=0,  # it moves, as after a hand-off
+        updated_at=bindparam("now"),
+    )
+    .returning(_R.spec, _R.name, _R.create_serial, _R.cloud_name)
+)
+#: What a poll stores of its job's answer (see :func:`_job_values`), when the job is done.
+_JOB_DONE = (
+    update(_JOBS)
+    .where(_JOBS.c.job_id == bindparam("done_job_id"))
+    .values(
+        status=bindparam("job_status"),
+        polls=_JOBS.c.polls + 1,
+        begin_time=bindparam("job_begin"),
+        end_time=bindparam("job_end"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def _create_done_at_once(chain: Chain, job_id: str, job: Job) -> Next | None:
     """The usual end of a create, in three statements and no row loaded: the request this
     message owns, BUILDING on ``job_id`` with nothing to clean up and no volume, becomes
     TAGGING on its server in one conditional UPDATE (returning what the tagging stage needs),
     the job's row stores the answer, and the event is added; the stage is then done at once
     (:func:`tasks.finish.stage_at_once`), as :func:`_create_done` would have it. ``None``:
-    anything else (a cancel, volumes, a stale message), which the claim sorts out (nothing was
-    written)."""
-    R = ServerRequest
+    anything else (a cancel, volumes, a stale message, a job that names a failure), which the
+    claim sorts out (nothing was written)."""
+    if job.failures:
+        return None
     request_id, server_id, now = uuid.UUID(chain.request_id), job.server_ids[0], utcnow()
-    has_volumes = exists().where(VolumeAttachment.request_id == R.id)
-    statement = (
-        update(R)
-        .where(R.id == request_id, R.fence == chain.fence, R.state == S.BUILDING)
-        .where(R.job_id == job_id, R.cleanup_server_id.is_(None), ~has_volumes)
-        .values(
-            state=S.TAGGING,
-            server_id=server_id,
-            job_id=None,
-            wait_deadline_at=None,
-            step_done=None,
-            restarts=0,  # it moves, as after a hand-off
-            updated_at=now,
-        )
-        .returning(R.spec, R.name, R.create_serial, R.cloud_name)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"request_id": request_id, "token": chain.fence, "done_job_id": job_id,
+              "built_server_id": server_id, "now": now}  # fmt: skip
     with session_scope(runtime().sessions) as session:
-        row = session.execute(statement).one_or_none()
+        row = session.execute(_CREATE_DONE, params).one_or_none()
         if row is None:
             return None
         spec, name, create_serial, cloud_name = row
@@ -192,10 +213,8 @@ def _create_done_at_once(chain: Chain, job_id: str, job: Job) -> Next | None:
             # Volumes listed but no row of them (stored by hand): the claim's way decides.
             session.rollback()
             return None
-        jobs = CloudJob.__table__
-        stored = session.execute(
-            update(jobs).where(jobs.c.job_id == job_id).values(_job_values(job))
-        ).rowcount
+        answer = {"job_status": job.status, "job_begin": job.begin_time, "job_end": job.end_time}
+        stored = session.execute(_JOB_DONE, params | answer).rowcount
         if not stored:  # a row of an older release: recorded now, as _record does
             values = _job_values(job) | {"polls": 1}
             session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE,
