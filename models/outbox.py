@@ -96,16 +96,24 @@ def add_event(
 ) -> None:
     """Append the event of a transition made without loading the request (a Core ``UPDATE``).
 
-    One that makes no webhook event is a Core ``INSERT``, sent now: no flush of the ORM's unit
-    of work for it at the commit (issue 11). One that does is added to the session, where the
+    One that makes no webhook event, or whose request's batch (named in :func:`batch_of`) is
+    known to have no webhook target, is a Core ``INSERT``, sent now: no flush of the ORM's unit
+    of work for it at the commit (issue 11). Any other is added to the session, where the
     listener below sees it, as any transition's."""
-    if _webhook_event(from_state, to_state) is not None:
+    if _webhook_event(from_state, to_state) is not None and not _known_without_target(
+        session, request_id
+    ):
         session.add(Event(request_id=request_id, from_state=from_state, to_state=to_state,
                           detail=detail, at=at))  # fmt: skip
         return
     row = {"request_id": request_id, "from_state": from_state, "to_state": to_state,
            "detail": detail, "at": at}  # fmt: skip
     session.execute(_ADD_EVENT, row)
+
+
+def _known_without_target(session: Session, request_id: uuid.UUID) -> bool:
+    batch_id = session.info.get(BATCH_OF, {}).get(request_id)
+    return batch_id is not None and batch_id in _no_target
 
 
 #: Built once: its cache key is computed once, not per event.
@@ -122,11 +130,9 @@ def _add_request_deliveries(session: Session, _context, _instances) -> None:
     if not events:
         return
     targets: dict[uuid.UUID, WebhookTarget | None] = {}
-    hinted = session.info.get(BATCH_OF, {})
     with session.no_autoflush:
         for finished in events:
-            hinted_batch = hinted.get(finished.request_id)
-            if hinted_batch is not None and hinted_batch in _no_target:
+            if _known_without_target(session, finished.request_id):
                 continue
             request = session.get(ServerRequest, finished.request_id)
             if request is None or request.batch_id in _no_target:
