@@ -37,6 +37,7 @@ from bmsctl.processes import (
     listens_on,
     port_is_free,
     start_redis,
+    stop_together,
     wait_for_redis,
     worker_argv,
 )
@@ -106,6 +107,8 @@ class EmbeddedStack:
         self._own_queues: dict[str, list[str]] = {}
         #: The ports Flower and the API listen on, decided (and checked free) before any start.
         self._listen_ports: dict[str, int] = {}
+        #: Children started and not yet seen ready (``start`` waits for them all at its end).
+        self._starting: list[ManagedProcess] = []
 
     def start(self) -> None:
         """Start every part, in dependency order; on any failure stop what was started.
@@ -117,13 +120,17 @@ class EmbeddedStack:
         try:
             self._decide_listen_ports()
             self._start_redis()
+            self._start_simulator()  # it needs nothing else: it boots while the migrations run
             self._migrate()
-            self._start_simulator()
             self._start_workers()
-            if self.options.with_flower:
-                self._start_flower()
             if self.options.with_api:
                 self._start_api()
+            self._confirm_started()
+            if self.options.with_flower:
+                # After the workers answer: Flower asks them what they are at its start, and
+                # would list none until its next refresh.
+                self._start_flower()
+                self._confirm_started()
             self._write_state()
         except BaseException:
             self.stop()
@@ -132,8 +139,11 @@ class EmbeddedStack:
     def stop(self) -> int:
         """Stop every child (last started first); returns how many there were."""
         stopped = len(self.children)
-        for child in reversed(self.children):
-            child.stop()
+        # The others use Redis and the simulator until they are gone: those two stop last.
+        used_by_others = {"redis", "simulator"}
+        users = [child for child in self.children if child.name not in used_by_others]
+        stop_together(users[::-1])
+        stop_together([child for child in self.children if child.name in used_by_others][::-1])
         self.children.clear()
         if self.lock.held:
             (self.options.directory / STATE_FILE).unlink(missing_ok=True)
@@ -193,15 +203,27 @@ class EmbeddedStack:
         env: dict[str, str],
         ready: Callable[[ManagedProcess], None],
     ) -> ManagedProcess:
+        """Start a child; ``ready`` is how :meth:`_confirm_started` (and a restart) knows it
+        serves. Not waited for here: the children boot side by side (a Celery worker takes
+        seconds to import), so ``up`` takes about its slowest child's start, not their sum."""
         log_path = self.options.directory / f"{name}.log"
         child = ManagedProcess(name, argv, env, log_path)
         self.children.append(child)
         self._ready[name] = ready
-        try:
-            ready(child)
-        except RuntimeError as exc:
-            raise StackError(str(exc)) from None
+        self._starting.append(child)
         return child
+
+    def _confirm_started(self) -> None:
+        """Wait until every child started by :meth:`_spawn` serves, in start order.
+
+        :raises StackError: one ended or did not answer in time (the message names it).
+        """
+        while self._starting:
+            child = self._starting.pop(0)
+            try:
+                self._ready[child.name](child)
+            except RuntimeError as exc:
+                raise StackError(str(exc)) from None
 
     @property
     def _owns_redis(self) -> bool:

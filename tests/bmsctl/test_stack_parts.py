@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 
 import pytest
 
+from bmsctl import stack as stack_module
 from bmsctl.stack import SIMULATOR_STATE_FILE, EmbeddedStack, StackError, StackOptions
 from worker.settings import load_settings
 
@@ -87,3 +89,66 @@ def test_a_taken_port_is_refused_before_any_part_starts(tmp_path, monkeypatch, p
 
     assert started == []
     assert not stack.lock.held
+
+
+class FakeChild:
+    """Records what a stop does to it, in one log shared by the stack's children."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def _signal_group(self, signum: int) -> None:
+        self.log.append(f"{signal.Signals(signum).name} {self.name}")
+
+    def _wait_stopped(self, deadline: float) -> None:
+        self.log.append(f"wait {self.name}")
+
+
+def test_stop_signals_every_user_of_redis_at_once_and_stops_redis_last(stack):
+    """One after another, each worker's second of shutdown added up: 4.8 s for a stack."""
+    log: list[str] = []
+    names = ["redis", "simulator", "worker-cloud", "worker-control", "beat", "api"]
+    stack.children = [FakeChild(name, log) for name in names]
+
+    assert stack.stop() == 6
+
+    users = ["api", "beat", "worker-control", "worker-cloud"]
+    assert log == (
+        [f"SIGTERM {name}" for name in users]
+        + [f"wait {name}" for name in users]
+        + ["SIGTERM simulator", "SIGTERM redis", "wait simulator", "wait redis"]
+    )
+
+
+def test_children_boot_side_by_side_and_flower_after_the_workers_answer(tmp_path, monkeypatch):
+    """Each child used to be waited for before the next was started (24 s for ``up`` at load
+    8, 9 s after); Flower asks the workers what they are when it starts, so it comes after."""
+    log: list[str] = []
+
+    class Started:
+        def __init__(self, name, argv, env, log_path):
+            self.name = name
+            log.append(f"start {name}")
+
+    def ready(*args):
+        child = next(arg for arg in args if isinstance(arg, Started))
+        log.append(f"ready {child.name}")
+
+    monkeypatch.setattr(stack_module, "ManagedProcess", Started)
+    for waiter in ("_wait_http", "_wait_for_worker", "_wait_alive"):
+        monkeypatch.setattr(stack_module, waiter, ready)
+    settings = load_settings(redis_url="redis://127.0.0.1:1/0", **SECRETS)
+    stack = EmbeddedStack(settings, StackOptions(tmp_path, api_port=0, flower_port=0))
+    monkeypatch.setattr(stack, "_migrate", lambda: log.append("migrations"))
+    monkeypatch.setattr(stack, "_hand_back", lambda queues: 0)
+    monkeypatch.setattr(stack, "_write_state", lambda: None)
+
+    stack.start()
+
+    booted_together = ["worker-cloud", "worker-control", "worker-webhook", "beat", "api"]
+    assert log == (
+        ["start simulator", "migrations"]
+        + [f"start {name}" for name in booted_together]
+        + [f"ready {name}" for name in ["simulator", *booted_together]]
+        + ["start flower", "ready flower"]
+    )
