@@ -12,10 +12,19 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from sqlalchemy import update
+
 from bms.exceptions import CloudAPIError, NotFound
 from bms.jobs import JobOutcome
 from models.base import as_utc, utcnow
-from models.records import CloudJob, JobKind, ServerRequest, record_note
+from models.records import (
+    AttachmentState,
+    CloudJob,
+    JobKind,
+    ServerRequest,
+    VolumeAttachment,
+    record_note,
+)
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, Wait, advance, claim, handoff, step_task
 from tasks.errors import TIMEOUT_CODE
@@ -34,7 +43,7 @@ def delete_server(chain: Chain) -> Next | None:
     try:
         job_id = runtime().client.delete_servers([server_id])
     except NotFound:
-        return _finished(chain, f"server {server_id} already gone")
+        return _finished(chain, f"server {server_id} already gone", gone=server_id)
     except CloudAPIError as exc:
         if exc.transient:
             raise
@@ -58,7 +67,7 @@ def _delete_refused(chain: Chain, server_id: str, exc: CloudAPIError) -> Next:
     except NotFound:
         return _finished(chain, f"server {server_id} gone")
     if server.get("status") == "DELETED":
-        return _finished(chain, f"server {server_id} deleted")
+        return _finished(chain, f"server {server_id} deleted", gone=server_id)
     if server.get("OS-EXT-STS:task_state") != "deleting":
         message = f"delete of server {server_id} refused ({exc}): delete it by hand"
         log.error("%s: %s", chain.request_id, message)
@@ -107,6 +116,7 @@ def poll_delete_job(chain: Chain) -> Next | None:
             wait = next_poll(JobKind.DELETE, cloud_job.polls)
             advance(request)
         elif job.outcome is JobOutcome.DONE:
+            _volumes_left_with(session, request, server_id)
             return _clear(session, request, f"deleted server {server_id}")
         else:
             failure = job.failures[0] if job.failures else None
@@ -137,11 +147,28 @@ def _delete_failed(session, request: ServerRequest, server_id: str, code: str | 
     return _clear(session, request, request.last_error_message)
 
 
-def _finished(chain: Chain, detail: str, error: str | None = None) -> Next:
+def _finished(chain: Chain, detail: str, error: str | None = None, gone: str | None = None) -> Next:
+    """End the cleanup with ``detail``; ``gone``: the id of the server found deleted."""
     with claim(chain) as (session, request):
         if error is not None:
             request.last_error_code, request.last_error_message = error, detail
+        if gone is not None:
+            _volumes_left_with(session, request, gone)
         return _clear(session, request, detail)
+
+
+def _volumes_left_with(session, request: ServerRequest, server_id: str) -> None:
+    """The request's own server is deleted (cancelled after it was made): the cloud detached
+    its volumes with it, so their rows say DETACHED, not ATTACHING or ATTACHED for a server
+    that is gone (what ``bmsctl show`` printed, while the volumes were already available)."""
+    if server_id != request.server_id:
+        return  # an earlier attempt's failed server: it never had the request's volumes
+    session.execute(
+        update(VolumeAttachment)
+        .where(VolumeAttachment.request_id == request.id)
+        .where(VolumeAttachment.state.in_([AttachmentState.ATTACHING, AttachmentState.ATTACHED]))
+        .values(state=AttachmentState.DETACHED, job_id=None, intent_at=None)
+    )
 
 
 def _clear(session, request: ServerRequest, detail: str) -> Next:

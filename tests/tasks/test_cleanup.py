@@ -10,7 +10,7 @@ from sqlalchemy import update
 from bms.exceptions import BadRequest, CloudConnectionError, NotFound
 from models.base import utcnow
 from models.db import session_scope
-from models.records import CloudJob, JobKind
+from models.records import AttachmentState, CloudJob, JobKind, VolumeAttachment
 from models.states import RequestState
 from tasks.base import Wait
 from tasks.cleanup import delete_server, poll_delete_job
@@ -121,3 +121,46 @@ def test_a_delete_job_the_cloud_forgot_is_settled_by_deleting_again(bench, attem
     else:  # the budget holds: an operator is told which server
         assert stored.cleanup_server_id is None
         assert "srv-1" in stored.last_error_message and "by hand" in stored.last_error_message
+
+
+def states_of_volumes(bench, request_id) -> list[str]:
+    return [a.state.value for a in bench.get(request_id).attachments]
+
+
+@pytest.mark.parametrize("how", ["job done", "already gone"])
+def test_volumes_of_a_cancelled_server_read_detached_once_it_is_deleted(bench, how):
+    """``bmsctl show`` printed a volume ATTACHING for ever after its server was deleted."""
+    request_id = cancelled_with_server(bench, server_id="srv-1", volumes=3)
+    set_volumes(bench, request_id, ["ATTACHED", "ATTACHING", "PENDING"])
+    if how == "job done":
+        bench.client.on("delete_servers", "del-1")
+        delete_server(bench.chain(request_id))
+        bench.client.on("show_job", job("SUCCESS", job_id="del-1"))
+        poll_delete_job(bench.chain(request_id))
+    else:
+        bench.client.on("delete_servers", NotFound(404, "BMS.0040", "gone"))
+        delete_server(bench.chain(request_id))
+
+    assert bench.get(request_id).cleanup_server_id is None
+    assert states_of_volumes(bench, request_id) == ["DETACHED", "DETACHED", "PENDING"]
+
+
+def test_an_earlier_attempts_server_deleted_leaves_the_volumes_alone(bench):
+    request_id = cancelled_with_server(bench, server_id="srv-2", volumes=1)
+    set_volumes(bench, request_id, ["ATTACHED"])
+    bench.client.on("delete_servers", NotFound(404, "BMS.0040", "gone"))
+
+    delete_server(bench.chain(request_id))  # srv-1 gone: not the server the volume is on
+
+    assert states_of_volumes(bench, request_id) == ["ATTACHED"]
+
+
+def set_volumes(bench, request_id, states: list[str]) -> None:
+    with session_scope(bench.sessions) as session:
+        for position, state in enumerate(states):
+            session.execute(
+                update(VolumeAttachment)
+                .where(VolumeAttachment.request_id == request_id)
+                .where(VolumeAttachment.position == position)
+                .values(state=AttachmentState(state))
+            )
