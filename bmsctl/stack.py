@@ -67,6 +67,9 @@ SECRETS_USED = {
     "api": frozenset({"database_url", "api_token"}),
 }
 
+#: How ``up`` lists the parts' addresses: what everything uses first, then who reads it.
+ADDRESS_ORDER = ("redis", "database", "cloud", "workers", "flower", "api", "dashboard")
+
 __all__ = ["EmbeddedStack", "StackError", "StackLocked", "StackOptions"]
 
 
@@ -131,6 +134,7 @@ class EmbeddedStack:
                 # would list none until its next refresh.
                 self._start_flower()
                 self._confirm_started()
+            self._order_addresses()
             self._write_state()
         except BaseException:
             self.stop()
@@ -358,6 +362,13 @@ class EmbeddedStack:
         )
         self.addresses["api"] = f"{base}  (docs: {base}/docs)"
         self.addresses["dashboard"] = f"{base}/ui"
+
+    def _order_addresses(self) -> None:
+        """The addresses in the order a reader looks for them, whatever order the parts
+        started in (the simulator now starts before the migrations, the API before Flower)."""
+        order = {part: rank for rank, part in enumerate(ADDRESS_ORDER)}
+        ranked = sorted(self.addresses.items(), key=lambda item: order.get(item[0], len(order)))
+        self.addresses = dict(ranked)
 
     def _port(self, wanted: int | None, default: int) -> int:
         if wanted is None:

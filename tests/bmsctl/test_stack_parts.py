@@ -152,3 +152,5 @@ def test_children_boot_side_by_side_and_flower_after_the_workers_answer(tmp_path
         + [f"ready {name}" for name in ["simulator", *booted_together]]
         + ["start flower", "ready flower"]
     )
+    # Listed as before, though they start in another order.
+    assert list(stack.addresses) == ["redis", "cloud", "workers", "flower", "api", "dashboard"]
