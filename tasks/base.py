@@ -54,12 +54,18 @@ from celery.canvas import Signature
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, contains_eager
 
 from bms.exceptions import CloudAPIError, CloudError, Throttled
 from models.base import utcnow
 from models.db import session_scope
-from models.records import ServerRequest, StrayServer, record_note, transition
+from models.records import (
+    ServerRequest,
+    StrayServer,
+    VolumeAttachment,
+    record_note,
+    transition,
+)
 from models.states import ALLOWED_TRANSITIONS, RequestState, Step
 from tasks.plan import next_signature
 from worker.app import MAX_COUNTDOWN_SECONDS
@@ -160,18 +166,15 @@ def claim(
     hands off only if ``chain.owns(request)``.
 
     ``attachments``: the request's volume attachments are read too (the attach steps use them
-    all), in a SELECT of their own once the row is locked. Never joined to the locking
-    statement: on PostgreSQL, a statement that waited for the lock returns the request row as
-    committed but joined rows from the snapshot taken before the wait, so a second copy of a
-    step would act on attachments the first copy already changed (a second attach POST).
+    all), in the locking statement, and locked with the row (see :func:`_lock_with_attachments`).
 
     :raises StaleChain: the request is gone, or (``owned``) its token is not the message's.
     """
-    query = select(ServerRequest).where(ServerRequest.id == uuid.UUID(chain.request_id))
-    if attachments:
-        query = query.options(selectinload(ServerRequest.attachments))
     with session_scope(runtime().sessions) as session:
-        request = session.scalar(query.with_for_update(of=ServerRequest))
+        if attachments:
+            request = _lock_with_attachments(session, uuid.UUID(chain.request_id))
+        else:
+            request = session.scalar(_locking(uuid.UUID(chain.request_id)))
         if request is None or (owned and not chain.owns(request)):
             raise StaleChain(chain.request_id)
         held = request.fence
@@ -180,6 +183,37 @@ def claim(
         token = request.fence
     if advanced:
         chain.fence = token  # committed: the row now expects this token
+
+
+def _locking(request_id: uuid.UUID):
+    """The request's row, locked."""
+    query = select(ServerRequest).where(ServerRequest.id == request_id)
+    return query.with_for_update(of=ServerRequest)
+
+
+def _lock_with_attachments(session: Session, request_id: uuid.UUID) -> ServerRequest | None:
+    """The request and its attachments in one statement that locks all their rows.
+
+    Every row the statement returns is locked, the attachments' too, not only the request's:
+    on PostgreSQL, a statement that waited for a lock returns the locked rows as committed by
+    the transaction it waited for, but rows it does not lock as they were in the snapshot taken
+    before the wait (a second copy of a step would then act on attachments the first copy
+    already changed: a second attach POST). The request's row is locked first, as by every
+    writer of both that waits for a lock (the first intent's conditional UPDATE in
+    ``tasks.attach`` locks a volume's row alone and waits for no other). A request without
+    attachments (the join finds no row) is read and locked alone.
+    """
+    V = VolumeAttachment
+    query = (
+        select(ServerRequest)
+        .join(ServerRequest.attachments)
+        .options(contains_eager(ServerRequest.attachments))
+        .where(ServerRequest.id == request_id)
+        .order_by(V.position)
+        .with_for_update(of=(ServerRequest, V))
+    )
+    request = session.scalars(query).unique().first()
+    return request if request is not None else session.scalar(_locking(request_id))
 
 
 def advance(request: ServerRequest) -> None:

@@ -38,6 +38,7 @@ from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, wi
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.finish import Stage, at_once, stage_at_once
+from tasks.plan import step_signature
 from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
 from worker.runtime import runtime
 
@@ -305,6 +306,12 @@ def _create_done(session, request: ServerRequest, server_id: str) -> Next:
     next_state = S.ATTACHING if has_attachments(request) else S.TAGGING
     request.step_done = None
     transition(session, request, next_state, detail=f"server {server_id} built")
+    if next_state is S.ATTACHING:
+        # Named without reading the attachments (issue 11: a SELECT per server): a server just
+        # built has none begun. Should one be (under way since a retry), the attach step's claim
+        # reads them and hands the request to what it needs.
+        advance(request)
+        return Next(step_signature("bms.attach_volume", request))
     return at_once(request)
 
 

@@ -9,9 +9,10 @@ from sqlalchemy import event
 
 from bms.exceptions import CloudAPIError, Throttled
 from models.db import session_scope
-from models.records import CloudJob, JobKind
+from models.records import AttachmentState, CloudJob, JobKind
 from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
+from tasks.attach import attach_volume
 from tasks.base import Chain, StaleChain, hand_on
 from tasks.plan import step_signature
 from tasks.poll import poll_create_job
@@ -160,6 +161,39 @@ def test_a_server_with_volumes_goes_to_attaching_as_its_spec_says(bench, sent):
 
     assert bench.get(request_id).state is S.ATTACHING
     assert next_task(outcome) == "bms.attach_volume" and outcome.then is None
+
+
+def test_a_server_with_volumes_is_handed_to_its_attach_without_reading_them(bench, statements):
+    # Before: the hand-off read the attachments to name the next step (a SELECT per server).
+    request_id = building(bench, volumes=2)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    chain = carrying_job(bench, request_id)
+    statements.clear()
+
+    outcome = poll_create_job(chain)
+
+    assert not [s for s in statements if "volume_attachments" in s]
+    assert next_task(outcome) == "bms.attach_volume"
+    assert outcome.signature.kwargs["fence"] == bench.get(request_id).fence  # it owns the row
+
+
+def test_an_attach_under_way_when_the_server_is_built_is_found_by_the_attach_step(bench, sent):
+    # Not on the usual path (a server just built has no attach begun): the attach step named
+    # without reading the attachments hands the request to the job's poll.
+    request_id = building(bench, volumes=2)
+    with session_scope(bench.sessions) as session:
+        from models.records import ServerRequest
+
+        first = session.get(ServerRequest, request_id).attachments[0]
+        first.state, first.job_id = AttachmentState.ATTACHING, "job-a"
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    outcome = poll_create_job(carrying_job(bench, request_id))
+    assert next_task(outcome) == "bms.attach_volume"
+
+    handed = attach_volume(bench.chain(request_id))
+
+    assert next_task(handed) == "bms.poll_attach_job"
+    assert bench.client.count("attach_volume") == 0
 
 
 def test_the_create_done_finishes_the_server_in_the_same_run(bench, sent):

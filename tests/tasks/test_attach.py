@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from sqlalchemy import event
 
@@ -12,6 +14,7 @@ from tasks.attach import attach_volume
 from tasks.base import StaleChain, Wait
 from tasks.control import retry
 from tests.tasks.stepkit import job, next_task, volume
+from tests.tasks.test_base import statements_of
 
 S = RequestState
 A = AttachmentState
@@ -229,6 +232,47 @@ def test_jobs_done_at_once_attach_every_volume_in_one_run(bench):
     attached = [args[1] for name, args in bench.client.calls if name == "attach_volume"]
     assert attached == ["vol-1", "vol-2"]
     assert bench.limiter.holds == [("attach", None)]
+
+
+def statement_kinds(statements: list[str]) -> Counter[str]:
+    """Each statement as its verb and table ("SELECT server_requests"), SQLite's BEGIN left out."""
+    kinds: Counter[str] = Counter()
+    for statement in statements:
+        words = statement.split()
+        if words[0] == "SELECT":
+            kinds[f"SELECT {words[words.index('FROM') + 1]}"] += 1
+        elif words[0] == "INSERT":
+            kinds[f"INSERT {words[2]}"] += 1
+        elif words[0] == "UPDATE":
+            kinds[f"UPDATE {words[1]}"] += 1
+    return kinds
+
+
+def test_two_volumes_whose_jobs_end_at_once_take_nine_statements(bench):
+    # Issue 11 (SQL statements per server with 2 volumes <= 25): before, 12. Each record's claim
+    # read the attachments in a SELECT of their own, and the volume attached and the next one's
+    # intent were two UPDATEs.
+    request_id = attaching(bench, volumes=2)
+    bench.client.on("attach_volume", "job-1", "job-2")
+    bench.client.on("show_job", job("SUCCESS"))
+    message = bench.chain(request_id)
+
+    with statements_of(bench) as statements:
+        attach_volume(message)
+
+    assert statement_kinds(statements) == {
+        "UPDATE volume_attachments": 3,  # first intent; attached + next intent; last attached
+        "SELECT server_requests": 2,  # each record's claim, the attachments locked and joined
+        "INSERT cloud_jobs": 2,  # the job rows the dashboard lists
+        "INSERT events": 1,  # ATTACHING -> TAGGING
+        "UPDATE server_requests": 1,
+    }
+    stored = bench.get(request_id)
+    assert [(a.state, a.attempt, a.job_id, a.intent_at) for a in stored.attachments] == [
+        (A.ATTACHED, 1, None, None), (A.ATTACHED, 1, None, None),
+    ]  # fmt: skip
+    assert stored.attachments[1].updated_at >= stored.attachments[0].updated_at
+    assert [e[1] for e in bench.events(request_id)][-1] == "TAGGING"
 
 
 def test_no_slot_for_the_next_volume_leaves_it_to_a_message_without_an_intent(bench):

@@ -4,9 +4,10 @@ row lock: what it reads once the lock is its own must be what the first committe
 On PostgreSQL (READ COMMITTED) a statement reads from the snapshot taken when it started; a
 ``SELECT ... FOR UPDATE OF server_requests`` that waited for the lock returns the request row as
 committed, but rows joined to it (the attachments) as they were before the wait. A claim that
-loads the attachments in its locking statement would act on attachments the other copy has
-already changed. On SQLite, ``BEGIN IMMEDIATE`` takes the lock before any read: the test runs
-there too, and must pass the same way.
+loads the attachments in its locking statement without locking them too would act on
+attachments the other copy has already changed (the claim locks them: ``tasks.base.claim``).
+On SQLite, ``BEGIN IMMEDIATE`` takes the lock before any read: the test runs there too, and
+must pass the same way.
 """
 
 from __future__ import annotations
