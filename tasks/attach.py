@@ -31,7 +31,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import case, func, literal, null, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -335,31 +335,40 @@ def attach_done(session, request: ServerRequest, attachment, slot: Slot | None) 
 
 
 def _attached_then_intent(session, attached, following) -> None:
-    """Write ``attached`` (attached, its attempt counted) and ``following``'s intent in one
-    UPDATE of both rows (issue 11: one statement a volume less than the ORM's two), and tell
-    the session that both rows hold what it sees, so that its flush writes neither again."""
-    V, now = VolumeAttachment, utcnow()
-    done = V.id == attached.id
-    as_state = V.__table__.c.state.type
+    """``attached`` attached (its attempt as counted) and ``following``'s intent, in one UPDATE
+    of both rows (issue 11: a statement a volume less than the ORM's flush, one per row)."""
+    done = {"state": A.ATTACHED, "job_id": None, "intent_at": None, "attempt": attached.attempt}
+    intent = {"state": A.ATTACHING, "intent_at": utcnow()}
+    _write_rows(session, {attached: done, following: intent})
+
+
+def _write_rows(session, values_of: dict[VolumeAttachment, dict]) -> None:
+    """Write each row's values in one UPDATE (a CASE on the row's id per column), then tell the
+    session the rows hold them, so that its flush does not write them again (a change the
+    session holds that is not in ``values_of`` is flushed as usual)."""
+    V, columns, now = VolumeAttachment, VolumeAttachment.__table__.c, utcnow()
+    values_of = {row: {**values, "updated_at": now} for row, values in values_of.items()}
+    keys = sorted({key for values in values_of.values() for key in values})
+
+    def column_value(key: str):
+        whens = {
+            row.id: literal(values[key], columns[key].type)
+            for row, values in values_of.items()
+            if key in values
+        }
+        return case(whens, value=V.id, else_=columns[key])
+
     statement = (
         update(V)
-        .where(V.id.in_((attached.id, following.id)))
-        .values(
-            state=case((done, literal(A.ATTACHED, as_state)), else_=literal(A.ATTACHING, as_state)),
-            attempt=case((done, attached.attempt), else_=V.attempt),
-            job_id=None,
-            intent_at=case((done, null()), else_=now),
-            updated_at=now,
-        )
+        .where(V.id.in_([row.id for row in values_of]))
+        .values({key: column_value(key) for key in keys})
         .execution_options(synchronize_session=False)
     )
-    with session.no_autoflush:  # the attached row's changes are in this statement, not a flush
+    with session.no_autoflush:  # the rows' changes go in this statement, not in a flush first
         session.execute(statement)
-    for row, state, intent_at in ((attached, A.ATTACHED, None), (following, A.ATTACHING, now)):
-        written = {"state": state, "intent_at": intent_at, "job_id": None, "updated_at": now}
-        for key, value in written.items():
+    for row, values in values_of.items():
+        for key, value in values.items():
             set_committed_value(row, key, value)
-    set_committed_value(attached, "attempt", attached.attempt)
 
 
 def _look_at_disk(chain: Chain, target: Target, attach_next: bool = False) -> Next | None:
