@@ -212,7 +212,7 @@ def _lock_with_attachments(session: Session, request_id: uuid.UUID) -> ServerReq
         .order_by(V.position)
         .with_for_update(of=(ServerRequest, V))
     )
-    request = session.scalars(query).unique().first()
+    request = session.scalars(query).unique().one_or_none()
     return request if request is not None else session.scalar(_locking(request_id))
 
 
