@@ -14,7 +14,7 @@ a call whose answer was lost), and the budget is checked before the call.
 
 One run goes as far as it can without waiting (issue 11: a message per hop cost two task runs
 and four transactions per volume). The step holds an attach slot before it touches the row
-(``capacity_first``: a run that must wait for quota costs one Redis call). After each POST it
+(``capacity_first``: a run that must wait for quota costs no transaction). After each POST it
 asks for the job once, at once (one call of the ``job`` class, no transaction): a job already
 done is recorded as attached in the transaction that records the job, and, when a slot for the
 next volume is free (taken before that transaction), the same transaction records the next

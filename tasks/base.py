@@ -8,11 +8,11 @@ function (the unit tests call it). The wrapper handles what is common to all ste
 - no quota now (our limiter) or a 429 (the cloud's): re-scheduled for when capacity returns,
   without spending the failure budget; a step registered with ``capacity_first`` (create,
   attach) holds its slot before it touches the row (a reservation handed over in ``slot``, or
-  one taken then), so a run that must wait costs one Redis call, and its retry is spread over
-  the class's window. An attach that must wait also reads its request's state (one
-  statement): a cancelled request goes to its cleanup at once, without a slot, not after its
-  turn at the quota (2,000 attaches at 100 a minute: the last server deleted 20 minutes
-  later). A message waiting that long tells the reconciler it is alive (see
+  one taken then), so a run that must wait costs a few Redis calls and no SQL, and comes back
+  in turn (see :func:`_come_back`). An attach whose turn is more than a window off also reads
+  its request's state (one statement): a cancelled request goes to its cleanup at once, without
+  a slot, not after its turn at the quota (2,000 attaches at 100 a minute: the last server
+  deleted 20 minutes later). A message waiting that long tells the reconciler it is alive (see
   :func:`_keep_alive`), so a long queue for quota is never taken for a lost chain;
 - a step that asks to wait (polling, backoff): re-scheduled with its countdown;
 - a transient cloud error: retried with backoff, counted in ``transient_errors``; past the
@@ -69,7 +69,7 @@ from models.records import (
 from models.states import ALLOWED_TRANSITIONS, RequestState, Step
 from tasks.plan import next_signature
 from worker.app import MAX_COUNTDOWN_SECONDS
-from worker.limiter import NoCapacity
+from worker.limiter import MAX_LEAD_SECONDS, LimiterUnreachable, NoCapacity
 from worker.queues import TASK_API_CLASSES
 from worker.runtime import runtime
 
@@ -86,10 +86,32 @@ INFRASTRUCTURE_DOWN = (OperationalError, redis.ConnectionError, redis.TimeoutErr
 KEEP_ALIVES_PER_PATIENCE = 3
 #: The code recorded for an exception that is not a cloud error (a bug, an unreadable answer).
 INTERNAL_ERROR_CODE = "ORCH.INTERNAL"
+#: A run waiting for its turn at the quota that comes back more than this before it (a
+#: countdown is capped at MAX_COUNTDOWN_SECONDS) waits on for it, keeping its place.
+EARLY_TURN_SECONDS = 0.5
 
 
 class StaleChain(Exception):
     """The message in hand does not own the request: another message does."""
+
+
+@dataclass
+class ComeBack:
+    """When a run denied a slot of its class comes back: after ``seconds``, holding ``slot``
+    (booked for it) or at its ``turn`` (epoch seconds) among the runs waiting; neither: after a
+    wait spread over the window (the limiter unreachable, or the call of another class)."""
+
+    slot: int | None
+    seconds: float
+    turn: float | None = None
+
+
+class TurnedAway(Exception):
+    """A ``capacity_first`` run found no slot of its class: how it comes back."""
+
+    def __init__(self, back: ComeBack) -> None:
+        super().__init__(f"back in {back.seconds:.3f}s")
+        self.back = back
 
 
 @dataclass
@@ -300,6 +322,7 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
             fence: int,
             transient_errors: int = 0,
             slot: int | None = None,
+            queued: float | None = None,
             alive_at: float | None = None,
             job_id: str | None = None,
         ) -> None:
@@ -313,22 +336,28 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
                     # A create that waits has no server to delete yet: a cancel is seen when
                     # its slot comes, and waiting creates cost no statement (10,000 queued).
                     cancellable=chain if step is not Step.CREATE else None,
+                    queued=queued,
                 )
                 with holding:
                     outcome = body(chain)
             except StaleChain:
                 log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
                 return
-            except NoCapacity as exc:
+            except (TurnedAway, NoCapacity) as exc:
+                back = exc.back if isinstance(exc, TurnedAway) else None
                 alive_at = _keep_alive(chain, alive_at)
                 if alive_at is None:
+                    if back is not None and back.slot is not None:
+                        runtime().limiter.release(api_class, [back.slot])
                     log.info("%s %s: not the owner (token %s), stopping", name, request_id, fence)
                     return
                 retry = functools.partial(_retry, self, chain, alive_at=alive_at)
-                if not capacity_first:  # a poll comes back as soon as its class allows
+                if back is None and not capacity_first:  # a poll: back when its class allows
                     raise retry(transient_errors, exc.wait_seconds) from None
-                wait = spread(exc.wait_seconds, exc.window_seconds)
-                raise retry(transient_errors, wait, jittered=True) from None
+                back = back or _come_back(api_class, exc, queued)
+                raise retry(
+                    transient_errors, back.seconds, jittered=True, slot=back.slot, queued=back.turn
+                ) from None
             except Throttled as exc:
                 # The class of the call that was throttled, which may not be the task's.
                 runtime().limiter.back_off(exc.api_class or api_class, exc.retry_after)
@@ -423,15 +452,19 @@ def _holding(
     slot: int | None,
     eta: str | datetime | None = None,
     cancellable: Chain | None = None,
+    queued: float | None = None,
 ):
     """The slot a ``capacity_first`` step holds while it runs (none for other steps).
 
     A message with a booked slot and an ETA also tells the limiter how late after its ETA it
     started: the feeder sends the next ones that much ahead of their slot's instant. With no
-    slot free, a ``cancellable`` request that was cancelled runs without one: its claim hands
-    it to its cleanup, which needs no slot of this class.
+    slot free, the run is turned away with the way it comes back (:func:`_come_back`; ``queued``:
+    the turn it carries). A ``cancellable`` request that must wait for a turn reads its state
+    first: cancelled, it runs without a slot (its claim hands it to its cleanup, which needs
+    none). One that comes back with a booked slot does not: its claim sees a cancel within a
+    window.
 
-    :raises NoCapacity: no slot now (and the request, if ``cancellable``, not cancelled).
+    :raises TurnedAway: no slot now (and the request, if ``cancellable``, not cancelled).
     """
     limiter = runtime().limiter if api_class else None
     if limiter is None:
@@ -445,10 +478,60 @@ def _holding(
     try:
         # The pickup is sampled in the round trip that adopts the slot.
         held.enter_context(limiter.hold(api_class, slot, pickup=pickup))
-    except NoCapacity:
-        if cancellable is None or not _cancelled(cancellable):
-            raise
+    except NoCapacity as denied:
+        back = _come_back(api_class, denied, queued)
+        if back.slot is not None and back.seconds <= MAX_LEAD_SECONDS:
+            # Its instant is as near as a message sent for it would start after it: this run
+            # holds the slot (its call waits for the instant) instead of sending itself again.
+            held.enter_context(limiter.hold(api_class, back.slot))
+            return held
+        # Back within a window, its next run sees a cancel; waiting longer, it looks now.
+        soon = back.slot is not None or back.seconds <= denied.window_seconds
+        if soon or cancellable is None or not _cancelled(cancellable):
+            raise TurnedAway(back) from denied
     return held
+
+
+def _come_back(api_class: str, denied: NoCapacity, queued: float | None) -> ComeBack:
+    """When a denied ``capacity_first`` run comes back: with the next slot of its class booked
+    for it, a pickup before its instant; or at its turn among the runs turned away
+    (``GlobalLimiter.turn``), whose instant its re-run carries in ``queued``.
+
+    A run turned away for the first time books only when no run waits before it; otherwise it
+    takes its turn behind them. A run back before its turn (a countdown is capped) keeps it; at
+    its turn it books the next slot that frees within a window, or takes a new turn when all of
+    them are booked. A booked slot whose instant is near is held by the run at once (see
+    :func:`_holding`).
+
+    Why: a retry spread at random over the window lets a freed slot idle until some waiting run
+    happens to come back, and lets runs turned away last take the slots of those turned away
+    first. At the end of a batch's attaches (1,000 at 100 per 10 s) the last windows were
+    filled over their whole length, and some servers' attaches waited 80 s while others waited
+    none: the last attach came 15 s after its bound.
+    """
+    limiter = runtime().limiter
+    spread_wait = spread(denied.wait_seconds, denied.window_seconds)
+    if limiter is None or denied.api_class != api_class or isinstance(denied, LimiterUnreachable):
+        return ComeBack(None, spread_wait)
+    now = time.time()
+    try:
+        if queued is None:
+            ahead_of_it = limiter.turn(api_class, 0.0)
+            if ahead_of_it > 0:
+                return ComeBack(None, ahead_of_it, now + ahead_of_it)
+        elif queued - now > EARLY_TURN_SECONDS:
+            return ComeBack(None, queued - now, queued)
+        booking = limiter.reserve(api_class, 1, ahead=denied.window_seconds)
+        if not booking.entries:
+            turn = limiter.turn(api_class, max(booking.wait_seconds, denied.wait_seconds))
+            return ComeBack(None, turn, now + turn)
+    except LimiterUnreachable:
+        return ComeBack(None, spread_wait)
+    delay = booking.delays[0]
+    if delay > 0:
+        # Sent a pickup ahead of the instant: its call waits for the instant (``acquire``).
+        delay = max(delay - limiter.lead(api_class), 0.0)
+    return ComeBack(booking.entries[0], delay)
 
 
 def _cancelled(chain: Chain) -> bool:
@@ -490,6 +573,8 @@ def _retry(
     jittered: bool = False,
     *,
     alive_at: float | None = None,
+    slot: int | None = None,
+    queued: float | None = None,
 ):
     kwargs = {
         "request_id": chain.request_id,
@@ -499,6 +584,10 @@ def _retry(
     }
     if chain.job_id is not None:
         kwargs["job_id"] = chain.job_id
+    if slot is not None:  # booked for the re-run: it comes back at the slot's instant
+        kwargs["slot"] = slot
+    if queued is not None:  # the instant of its turn among the runs waiting for quota
+        kwargs["queued"] = queued
     countdown = clamp(seconds if jittered else jitter(seconds))
     return task.retry(kwargs=kwargs, countdown=countdown, max_retries=None)
 

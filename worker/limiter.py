@@ -186,6 +186,20 @@ return {0, math.max(tonumber(stamp) - now, 0)}
 """
 )
 
+# KEYS: the class's turn of the next waiter. ARGV: the ms from now before which no turn is
+# given, the ms between two turns (the quota's pace), how long past the last turn the key lasts.
+# Returns the ms until the caller's turn: the later of that earliest instant and the last turn
+# given plus one pace, so that waiters come back one by one at the pace slots free, in the order
+# they were turned away (a schedule, as GCRA keeps one).
+_TURN = (
+    _NOW_MS
+    + """
+local turn = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now + tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], turn + tonumber(ARGV[2]), 'PX', turn - now + tonumber(ARGV[3]))
+return turn - now
+"""
+)
+
 # KEYS: the window, the back-off flag. ARGV: limit, window + margin in ms. Read-only.
 # Returns {calls in the window (booked ones included), ms until a slot frees (0: one is free),
 # ms of 429 pause}.
@@ -310,6 +324,7 @@ class GlobalLimiter:
         self._reserve = self._redis.register_script(_RESERVE)
         self._adopt = self._redis.register_script(_ADOPT)
         self._capacity = self._redis.register_script(_CAPACITY)
+        self._turn = self._redis.register_script(_TURN)
         self._windows = {api_class: _window(item, margin) for api_class, item in limits.items()}
         #: Entries this task holds, by class, with the monotonic instant before which their
         #: call must not be made: the next ``acquire`` of the class spends it.
@@ -372,6 +387,19 @@ class GlobalLimiter:
         return Reservation(
             api_class, pairs[0::2], answer[0] / 1000, [ms / 1000 for ms in pairs[1::2]]
         )
+
+    def turn(self, api_class: str, earliest: float) -> float:
+        """Seconds until a caller that could book no slot should come back: its turn among the
+        callers turned away, one per slot's share of the window, none sooner than ``earliest``.
+        Callers turned away earlier come back earlier.
+
+        :raises LimiterUnreachable: the limiter's Redis cannot be reached.
+        """
+        limit, window_ms, margin_ms = self._windows[api_class]
+        pace_ms = max((window_ms + margin_ms) // max(limit, 1), 1)
+        args = [max(int(earliest * 1000), 0), pace_ms, window_ms + margin_ms]
+        with _admitting(api_class):
+            return int(self._turn(keys=[_turn_key(api_class)], args=args)) / 1000
 
     def release(self, api_class: str, entries: list[int]) -> None:
         """Give back slots taken for calls that will not be made."""
@@ -546,6 +574,10 @@ def _pickup_key(api_class: str) -> str:
 
 def _answered_key(api_class: str) -> str:
     return f"{KEY_PREFIX}:answered:{api_class}"
+
+
+def _turn_key(api_class: str) -> str:
+    return f"{KEY_PREFIX}:turn:{api_class}"
 
 
 def _backoff_key(api_class: str) -> str:

@@ -31,7 +31,7 @@ from models.records import (
 )
 from models.states import RequestState
 from tasks.base import Chain
-from worker.limiter import NoCapacity
+from worker.limiter import NoCapacity, Reservation
 from worker.runtime import Runtime, use_runtime
 from worker.settings import Settings
 
@@ -123,6 +123,36 @@ class StubLimiter:
     denied: float | None = None
     #: Pickups reported by runs holding a booked slot: (class, seconds after their ETA).
     pickups: list[tuple[str, float]] = field(default_factory=list)
+    #: Slots ``reserve`` can book, as the seconds until each one's instant, earliest first.
+    bookable: list[float] = field(default_factory=list)
+    #: Entries booked by ``reserve``: (class, entry).
+    booked: list[tuple[str, int]] = field(default_factory=list)
+    #: The turn ``turn`` gives the next caller, in seconds from now; each turn moves it a pace.
+    next_turn: float = 0.0
+    pace_seconds: float = 1.0
+    #: What ``lead`` answers.
+    lead_seconds: float = 0.0
+    #: Entries given back with ``release``.
+    released: list[int] = field(default_factory=list)
+
+    def release(self, api_class: str, entries: list[int]) -> None:
+        self.released += entries
+
+    def reserve(self, api_class: str, count: int, ahead: float = 0.0) -> Reservation:
+        delays = [delay for delay in self.bookable[:count] if delay <= ahead]
+        del self.bookable[: len(delays)]
+        entries = [500 + len(self.booked) + index for index in range(len(delays))]
+        self.booked += [(api_class, entry) for entry in entries]
+        wait = self.bookable[0] if self.bookable else (self.denied or 0.0)
+        return Reservation(api_class, entries, 0.0 if entries else wait, delays)
+
+    def turn(self, api_class: str, earliest: float) -> float:
+        given = max(self.next_turn, earliest)
+        self.next_turn = given + self.pace_seconds
+        return given
+
+    def lead(self, api_class: str) -> float:
+        return self.lead_seconds
 
     def record_pickup(self, api_class: str, seconds: float) -> None:
         self.pickups.append((api_class, seconds))
@@ -136,7 +166,7 @@ class StubLimiter:
     ) -> Iterator[None]:
         if pickup is not None:
             self.record_pickup(api_class, pickup)
-        if self.denied is not None:
+        if self.denied is not None and (api_class, entry) not in self.booked:
             raise NoCapacity(api_class, self.denied, 60.0)
         self.holds.append((api_class, entry))
         yield

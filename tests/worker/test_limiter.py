@@ -233,6 +233,7 @@ def test_an_unreachable_redis_admits_no_call_and_says_when_to_retry():
     for admit in (
         lambda: limiter.acquire("create"),
         lambda: limiter.reserve("create", 3),
+        lambda: limiter.turn("create", 0.0),
         lambda: limiter.hold("create").__enter__(),
         lambda: limiter.hold("create", entry=7).__enter__(),
     ):
@@ -325,3 +326,21 @@ def test_a_pickup_is_sampled_in_the_round_trip_that_adopts_its_slot(limiter, mon
 
     assert sent == [] and len(scripts) == 1  # the adoption alone (the slot given back: ZREMs)
     assert limiter.lead("create") == 0.05
+
+
+def test_callers_turned_away_get_turns_in_order_one_slot_share_apart(limiter):
+    # "show": 3 a minute, so a turn every 20 s of the window (plus its margin).
+    first = limiter.turn("show", 5.0)
+    second = limiter.turn("show", 0.0)
+    third = limiter.turn("show", 0.0)
+
+    assert 4.9 < first <= 5.0  # nobody waits before it: its earliest instant
+    # Each caller after it comes back one share later, whatever earliest it asks for.
+    assert 20.0 < second - first < 20.2 and 20.0 < third - second < 20.2
+    assert limiter.turn("create", 0.0) <= 0.01  # another class has a queue of its own
+
+
+def test_a_late_caller_never_gets_a_turn_before_its_earliest_instant(limiter):
+    limiter.turn("show", 0.0)
+
+    assert 39.9 < limiter.turn("show", 40.0) <= 40.0  # the queue ends sooner than it may come
