@@ -76,9 +76,7 @@ def _guarded(func):
         try:
             return func(args, ApiClient.from_args(args), Console())
         except ApiError as exc:
-            from bmsctl.render import clean
-
-            print(f"bmsctl {args.command}: {clean(exc)}", file=sys.stderr)
+            print(f"bmsctl {args.command}: {clean_lines(exc)}", file=sys.stderr)
             return 1
 
     return run

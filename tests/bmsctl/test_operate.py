@@ -95,6 +95,16 @@ def test_status_of_a_batch_piped_shows_each_failure_on_one_plain_line(api):
     assert not set("│┃━┏") & set(result.stdout)  # no table drawn into a pipe
 
 
+def test_an_id_the_api_refuses_is_named_on_lines_of_their_own(api):
+    # Before: "bmsctl status: HTTP 422:\x0a  batch_id: ..." (the newline escaped with the rest).
+    result = bmsctl("status", "not-a-batch", "--api", api.url)
+
+    assert result.returncode == 1
+    first, second = result.stderr.splitlines()[:2]
+    assert first == "bmsctl status: HTTP 422:"
+    assert second.startswith("  batch_id: Input should be a valid UUID")
+
+
 def test_status_on_a_terminal_shows_the_error_column(api):
     request = failed_request(api)
 
