@@ -157,22 +157,23 @@ return answer
 """
 )
 
-# KEYS: the window, the back-off flag, and optionally the class's pickup samples. ARGV: the
-# entry, window + margin in ms, and with the samples' key: the run's pickup in ms, how many
-# samples are kept, their key's lifetime in ms (see record_pickup: the same writes, in this
-# round trip).
-# A reservation handed over with a message: still in the window, {0, ms until its instant} is
-# returned (0: the instant has come; it is stamped now, its call is about to be made; a message
-# sent ahead of its slot's instant keeps the booked stamp and its call waits for that instant);
-# {-1}: it has left the window (the message came late); {ms}: a 429 pause forbids calls now (the
-# entry is dropped).
+# KEYS: the window, the back-off flag, the entry's adoption mark, and optionally the class's
+# pickup samples. ARGV: the entry, window + margin in ms, how long the mark lasts in ms, and with
+# the samples' key: the run's pickup in ms, how many samples are kept, their key's lifetime in
+# ms (see record_pickup: the same writes, in this round trip).
+# A reservation handed over with a message: still in the window and not adopted before, {0, ms
+# until its instant} is returned (0: the instant has come; it is stamped now, its call is about
+# to be made; a message sent ahead of its slot's instant keeps the booked stamp and its call
+# waits for that instant); {-1}: it has left the window (the message came late), or another copy
+# of the message adopted it (at-least-once delivery: one slot, one call); {ms}: a 429 pause
+# forbids calls now (the entry is dropped).
 _ADOPT = (
     _NOW_MS
     + """
-if KEYS[3] then
-  redis.call('LPUSH', KEYS[3], ARGV[3])
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+if KEYS[4] then
+  redis.call('LPUSH', KEYS[4], ARGV[4])
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
 end
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then
@@ -181,6 +182,7 @@ if pause > 0 then
 end
 local stamp = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not stamp then return {-1} end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return {-1} end
 if tonumber(stamp) < now then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1]) end
 return {0, math.max(tonumber(stamp) - now, 0)}
 """
@@ -445,8 +447,10 @@ class GlobalLimiter:
         """``entry`` and the monotonic instant its call may be made at, when it still holds its
         slot; ``None`` when it has left the window. ``pickup`` is sampled on the way."""
         limit, window_ms, margin_ms = self._windows[api_class]
-        keys = [_window_key(api_class), _backoff_key(api_class)]
-        args = [entry, window_ms + margin_ms]
+        span = window_ms + margin_ms
+        keys = [_window_key(api_class), _backoff_key(api_class), _adopted_key(api_class, entry)]
+        # The mark outlives the entry (its window, the grace, and how far ahead it was booked).
+        args = [entry, span, 2 * span + _grace_ms(span)]
         if pickup is not None:
             keys.append(_pickup_key(api_class))
             args += [_pickup_ms(pickup), PICKUP_SAMPLES, PICKUP_TTL_MS]
@@ -574,6 +578,10 @@ def _pickup_key(api_class: str) -> str:
 
 def _answered_key(api_class: str) -> str:
     return f"{KEY_PREFIX}:answered:{api_class}"
+
+
+def _adopted_key(api_class: str, entry: int) -> str:
+    return f"{KEY_PREFIX}:adopted:{api_class}:{entry}"
 
 
 def _turn_key(api_class: str) -> str:

@@ -156,6 +156,18 @@ def test_a_slot_held_but_not_spent_is_given_back(limiter):
     assert limiter.capacity("show").free == 3
 
 
+def test_a_reservation_held_by_two_copies_of_a_message_is_spent_by_one(limiter):
+    # At-least-once delivery: two copies of the message that carries the entry run side by
+    # side. Before, both held the entry; the copy that stopped (stale) gave it back while the
+    # other copy's call was made on it: one call more than the quota in that window.
+    (entry,) = limiter.reserve("show", 1).entries
+    with limiter.hold("show", entry):
+        limiter.acquire("show")()  # the first copy's call, made and answered
+        with limiter.hold("show", entry):  # the second copy: a slot of its own, not spent
+            assert limiter.capacity("show").free == 1
+    assert limiter.capacity("show").free == 2  # the first copy's call still counts
+
+
 def test_hold_without_capacity_takes_nothing_and_says_the_window(limiter):
     admitted(limiter, "show", 3)
     with pytest.raises(NoCapacity) as denied, limiter.hold("show"):
