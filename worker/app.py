@@ -5,13 +5,15 @@ Choices, each against a pitfall of ``shared/reference/celery-orchestration-notes
 JSON only; late acks with redelivery when a worker dies (every task is idempotent); prefetch of
 one; a visibility timeout, set everywhere Redis needs it, longer than any countdown we use; a
 bound on countdown messages held per worker; task events only when asked for
-(``BMS_TASK_EVENTS``, or Flower turning them on while it runs).
+(``BMS_TASK_EVENTS``, or Flower turning them on while it runs); kombu's Redis transport with
+one client per channel (:mod:`worker.broker`).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
+from worker.broker import transport_for
 from worker.queues import CONTROL_QUEUE, TASK_ROUTES, declare_queues
 from worker.settings import Settings, get_settings
 
@@ -62,6 +64,8 @@ def make_celery(settings: Settings) -> Celery:
         result_backend_transport_options=transport,
         visibility_timeout=VISIBILITY_TIMEOUT_SECONDS,
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport, keeping its Redis client per channel (worker.broker).
+        broker_transport=transport_for(settings.redis_url),
         task_queues=declare_queues(),
         task_routes=TASK_ROUTES,
         task_default_queue=CONTROL_QUEUE,
