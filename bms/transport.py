@@ -159,12 +159,8 @@ class Transport:
         try:
             # No redirects: the cloud APIs do not redirect, and following one would turn a POST
             # into a GET and send the credentials to another host.
-            response = self.session.request(
-                method,
-                url,
-                params=params,
-                json=json,
-                headers=headers,
+            response = self.session.send(
+                self._prepare(method, url, params, json, headers),
                 timeout=self.timeout,
                 allow_redirects=False,
             )
@@ -190,6 +186,19 @@ class Transport:
             exc.api_class = api_class  # the quota that ran out, for the caller's back-off
             raise
         return response
+
+    def _prepare(
+        self, method: str, url: str, params: Any, json: Any, headers: Mapping[str, str] | None
+    ) -> requests.PreparedRequest:
+        """The request as ``Session.request`` would prepare it for this transport's session:
+        its default headers under the call's own, signed by its auth. Prepared here because
+        ``Session.prepare_request`` merges settings this session never has (cookies, params,
+        hooks, per-call auth), a sixth of a cloud call's CPU in a worker (issue 11)."""
+        merged = {**self.session.headers, **headers} if headers else self.session.headers
+        request = requests.Request(
+            method, url, headers=merged, params=params, json=json, auth=self.session.auth
+        )
+        return request.prepare()
 
 
 def _read_environment_once(session: requests.Session, base_url: str) -> None:

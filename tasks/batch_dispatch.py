@@ -157,7 +157,7 @@ def dispatch_chunk(
         start, total = row
         if (position is not None and start != position) or start >= total:
             return None
-        chunk = list(_chunk(session, batch_id, start, min(start + (rows or size), total)))
+        chunk = _rows_for(session, batch_id, start, min(start + (rows or size), total), size)
     chunk = _within(chunk, size)
     slots, wait = _reserve(limiter, chunk, ahead)
     chunk = _within(chunk, len(slots)) if limiter is not None else chunk
@@ -302,6 +302,24 @@ def close(sessions: sessionmaker[Session], batch_id: uuid.UUID) -> None:
             .where(Batch.id == batch_id, Batch.dispatched_position < Batch.request_count)
             .values(dispatched_position=Batch.request_count)
         )
+
+
+def _rows_for(session: Session, batch_id: uuid.UUID, start: int, stop: int, calls: int) -> list:
+    """The batch's rows from ``start``, read until they hold more than ``calls`` create calls
+    (the rows :func:`_within` keeps for ``calls``, and the one after) or ``stop``. Read in
+    pages that double from ``calls + 1``: nearly every row is a call of its own, so one page
+    is the rule, where reading up to ``stop`` at once fetched the whole chunk for a window's
+    worth of calls (500 rows for 20 at a time, a fifth of a pool child's CPU, issue 11).
+    Count groups and cancelled rows cost nothing and take the pages after."""
+    rows: list = []
+    page_start, page = start, calls + 1
+    while page_start < stop:
+        page_end = min(page_start + page, stop)
+        rows.extend(_chunk(session, batch_id, page_start, page_end))
+        if sum(create_calls(rows)) > calls:
+            break
+        page_start, page = page_end, page * 2
+    return rows
 
 
 def _chunk(session: Session, batch_id: uuid.UUID, start: int, end: int) -> Sequence:

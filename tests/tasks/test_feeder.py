@@ -234,6 +234,30 @@ def test_cancelled_while_waiting_rows_end_cancelled_without_a_chain_or_a_slot(
         assert set(stalled_request_ids(session, 0)).isdisjoint(ids[2:])
 
 
+def test_a_run_reads_the_rows_its_slots_need_not_the_whole_chunk(
+    sessions, quota, sent, monkeypatch
+):
+    batch_id = stored_batch(sessions, 40)
+    ids = request_ids(sessions, batch_id)
+    # Cancelled rows cost no slot: the run reads on past them, page after page.
+    cancel(sessions, [uuid.UUID(request_id) for request_id in ids[3:10]])
+    read = []
+    chunk = batch_dispatch._chunk
+    monkeypatch.setattr(
+        batch_dispatch, "_chunk", lambda *args: read.extend(chunk(*args)) or chunk(*args)
+    )
+
+    first = feed(sessions, quota, batch_id, 0, size=500)
+    quota.clear()
+    second = feed(sessions, quota, batch_id, first.position, size=500)
+
+    # Each run has 2 slots: before, each read every row to the chunk's end (40 and 38). The
+    # second reads pages of 3, 6 and 12 rows, until it holds a call more than its slots.
+    assert [row.position for row in read] == [0, 1, 2] + list(range(2, 23))
+    assert [request_id for request_id, _task, _slot in sent] == [ids[0], ids[1], ids[2], ids[10]]
+    assert (first.position, second.position) == (2, 11)
+
+
 def test_retry_of_a_failed_request_is_sent_at_once_and_takes_its_own_slot(sessions, quota, sent):
     batch_id = stored_batch(sessions, 3)
     feed(sessions, quota, batch_id, 0, size=500)
