@@ -16,7 +16,9 @@ finds none re-sends itself for the instant the next slot frees), then *reserves*
 message's ``slot``), so the create never competes for quota with other callers; a slot not
 used (a request cancelled meanwhile) is given back. It also books the slots that free within
 ``BMS_FEED_AHEAD_SECONDS`` and sends their creates with a countdown to the slot's instant: a
-slot does not idle while the feeder's next run waits in the control queue for a worker.
+slot does not idle while the feeder's next run waits in the control queue for a worker, and the
+next run need not come for each slot that frees (it comes a quarter of that time later at the
+soonest, and books the slots freed meanwhile).
 Several batches feed side by side: the reservation is atomic, so each slot goes to exactly one
 of them.
 
@@ -71,6 +73,9 @@ CREATE_TASKS = ("bms.create_server", "bms.create_group")
 RESUME_LIMIT = 100
 #: The API class the feeder admits requests by.
 CREATE_CLASS = "create"
+#: A feeder run that booked all it could comes back after at least this share of
+#: ``BMS_FEED_AHEAD_SECONDS`` (see :func:`_paced`).
+PACE_SHARE_OF_AHEAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,19 @@ def feed(
     room = limiter.capacity(CREATE_CLASS)
     if not room.free and room.wait_seconds > ahead:
         # One Redis call, not a single SQL statement; back when a slot can be booked.
-        return Feed(position, room.wait_seconds - ahead)
+        return Feed(position, _paced(room.wait_seconds - ahead, ahead))
     most = min(size, room.limit)  # booked ahead: at most a window's worth
-    return dispatch_chunk(sessions, batch_id, position, most, limiter, rows=size, ahead=ahead)
+    fed = dispatch_chunk(sessions, batch_id, position, most, limiter, rows=size, ahead=ahead)
+    return Feed(fed.position, _paced(fed.countdown, ahead)) if fed is not None else None
+
+
+def _paced(countdown: float, ahead: float) -> float:
+    """When the next run comes, once this one booked all it could: not before a quarter of
+    ``ahead`` has passed. Slots free one by one as their calls are answered, and a run for each
+    cost a task run, a chunk's statements and a publish per two or three creates (issue 11);
+    a slot that frees meanwhile is still booked before its instant, within ``ahead``. A run
+    that left bookable slots (no countdown) comes back at once."""
+    return max(countdown, ahead * PACE_SHARE_OF_AHEAD) if countdown > 0 else countdown
 
 
 def dispatch_chunk(

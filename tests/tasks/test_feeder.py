@@ -342,6 +342,25 @@ def test_slots_that_free_soon_are_booked_and_their_creates_sent_for_that_instant
     assert all(55 < (options["eta"] - now).total_seconds() <= 61 for _slot, options in caught)
 
 
+def test_a_run_that_booked_all_it_could_comes_back_after_a_quarter_of_ahead(
+    sessions, redis_url, sent
+):
+    fast = GlobalLimiter(redis_url, {"create": parse("20/second")})
+    fast.clear()
+    batch_id = stored_batch(sessions, 30)
+
+    limited_by_chunk = feed(sessions, fast, batch_id, 0, size=5, ahead=2.0)
+    all_booked = feed(sessions, fast, batch_id, limited_by_chunk.position, size=500, ahead=2.0)
+
+    # Slots were left: at once. Every slot taken by calls not answered yet: the limiter says
+    # 0.05 s (a slot's share of the window), and a run every 0.05 s cost a task run, its
+    # statements and a publish per two or three creates.
+    assert (limited_by_chunk.position, limited_by_chunk.countdown) == (5, 0.0)
+    assert (all_booked.position, all_booked.countdown) == (20, 0.5)
+    assert len(sent) == 20
+    fast.clear()
+
+
 def test_booked_creates_are_sent_a_lead_ahead_of_their_slots_instant(sessions, quota, monkeypatch):
     for _ in range(2):
         quota.acquire("create")()  # a full window of answered calls: both slots free in ~60 s
