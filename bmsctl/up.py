@@ -120,16 +120,35 @@ class stopping_on_signals:
 class raising_on_signals:
     """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` wherever the main thread is (for
     ``demo``, which has no loop of its own to check an event); the previous handlers come back
-    on exit, so that the stop that follows is not interrupted in turn."""
+    on exit, so that the stop that follows is not interrupted in turn.
+
+    A signal that arrives while the main thread runs a finalizer or a ``__del__`` raises there,
+    where Python prints the exception and drops it ("Exception ignored in ..."): seen as a demo
+    that went on to the end after Ctrl-C. So the interrupt is raised again every
+    ``REPEAT_SECONDS`` until the block has been left."""
+
+    REPEAT_SECONDS = 0.5
 
     def __enter__(self):
-        self.previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+        self.left = threading.Event()
+        self.repeater: threading.Thread | None = None
+        self.previous = {signum: signal.signal(signum, self._interrupt) for signum in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.left.set()
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
+    def _interrupt(self, signum, frame) -> None:
+        if self.repeater is None:
+            self.repeater = threading.Thread(
+                target=self._repeat, args=(signum,), name="interrupt-repeater", daemon=True
+            )
+            self.repeater.start()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    def _repeat(self, signum: int) -> None:
+        main = threading.main_thread().ident
+        while not self.left.wait(self.REPEAT_SECONDS):
+            signal.pthread_kill(main, signum)  # to the main thread: it wakes from a sleep
