@@ -516,7 +516,7 @@ def _come_back(api_class: str, denied: NoCapacity, queued: float | None) -> Come
     now = time.time()
     try:
         if queued is None:
-            ahead_of_it = limiter.turn(api_class, 0.0)
+            ahead_of_it = limiter.turn(api_class, 0.0, behind_others=True)
             if ahead_of_it > 0:
                 return ComeBack(None, ahead_of_it, now + ahead_of_it)
         elif queued - now > EARLY_TURN_SECONDS:

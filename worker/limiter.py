@@ -192,11 +192,14 @@ return {0, math.max(tonumber(stamp) - now, 0)}
 # given, the ms between two turns (the quota's pace), how long past the last turn the key lasts.
 # Returns the ms until the caller's turn: the later of that earliest instant and the last turn
 # given plus one pace, so that waiters come back one by one at the pace slots free, in the order
-# they were turned away (a schedule, as GCRA keeps one).
+# they were turned away (a schedule, as GCRA keeps one). With ARGV[4] = 1, a caller takes a turn
+# only behind others: 0, and no turn taken, when nobody waits.
 _TURN = (
     _NOW_MS
     + """
-local turn = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now + tonumber(ARGV[1]))
+local next_turn = tonumber(redis.call('GET', KEYS[1]) or 0)
+if ARGV[4] == '1' and next_turn <= now then return 0 end
+local turn = math.max(next_turn, now + tonumber(ARGV[1]))
 redis.call('SET', KEYS[1], turn + tonumber(ARGV[2]), 'PX', turn - now + tonumber(ARGV[3]))
 return turn - now
 """
@@ -390,16 +393,17 @@ class GlobalLimiter:
             api_class, pairs[0::2], answer[0] / 1000, [ms / 1000 for ms in pairs[1::2]]
         )
 
-    def turn(self, api_class: str, earliest: float) -> float:
+    def turn(self, api_class: str, earliest: float, behind_others: bool = False) -> float:
         """Seconds until a caller that could book no slot should come back: its turn among the
         callers turned away, one per slot's share of the window, none sooner than ``earliest``.
-        Callers turned away earlier come back earlier.
+        Callers turned away earlier come back earlier. ``behind_others``: take a turn only
+        when others wait (else 0, and the queue is left as it is).
 
         :raises LimiterUnreachable: the limiter's Redis cannot be reached.
         """
         limit, window_ms, margin_ms = self._windows[api_class]
         pace_ms = max((window_ms + margin_ms) // max(limit, 1), 1)
-        args = [max(int(earliest * 1000), 0), pace_ms, window_ms + margin_ms]
+        args = [max(int(earliest * 1000), 0), pace_ms, window_ms + margin_ms, int(behind_others)]
         with _admitting(api_class):
             return int(self._turn(keys=[_turn_key(api_class)], args=args)) / 1000
 

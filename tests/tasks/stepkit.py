@@ -146,7 +146,9 @@ class StubLimiter:
         wait = self.bookable[0] if self.bookable else (self.denied or 0.0)
         return Reservation(api_class, entries, 0.0 if entries else wait, delays)
 
-    def turn(self, api_class: str, earliest: float) -> float:
+    def turn(self, api_class: str, earliest: float, behind_others: bool = False) -> float:
+        if behind_others and self.next_turn <= 0:
+            return 0.0  # nobody waits: no turn taken
         given = max(self.next_turn, earliest)
         self.next_turn = given + self.pace_seconds
         return given

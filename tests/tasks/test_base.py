@@ -381,6 +381,7 @@ def test_a_run_turned_away_first_books_the_next_slot_and_comes_back_a_lead_befor
     assert entry_class == "attach"
     # Its call waits in the run for the instant itself; the message only has to be there.
     assert comebacks == [(pytest.approx(3.95), entry, None)]
+    assert bench.limiter.next_turn == 0.0  # nobody waited: it took no turn in the queue
 
 
 def test_a_run_that_comes_back_with_a_booked_slot_reads_nothing_of_its_request(bench, comebacks):

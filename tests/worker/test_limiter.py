@@ -352,6 +352,16 @@ def test_callers_turned_away_get_turns_in_order_one_slot_share_apart(limiter):
     assert limiter.turn("create", 0.0) <= 0.01  # another class has a queue of its own
 
 
+def test_a_caller_that_queues_only_behind_others_leaves_an_empty_queue_alone(limiter):
+    alone = limiter.turn("show", 0.0, behind_others=True)
+    first = limiter.turn("show", 0.0)
+    behind = limiter.turn("show", 0.0, behind_others=True)
+
+    # Nobody waited: no turn taken (before, it took one, and the next caller came a share later).
+    assert alone == 0 and first <= 0.01
+    assert 20.0 < behind - first < 20.2  # someone waits: a turn behind them
+
+
 def test_a_late_caller_never_gets_a_turn_before_its_earliest_instant(limiter):
     limiter.turn("show", 0.0)
 
