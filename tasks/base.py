@@ -157,6 +157,9 @@ class Chain:
     #: The create job the message's poll is about, as the hand-off saw it (see tasks.plan);
     #: ``None``: not carried, the step reads it from the row.
     job_id: str | None = None
+    #: The request needs no stage call but the read-back (no tag, no rename, no volume): its
+    #: create poll may make it ACTIVE at once (see ``tasks.poll``). ``False``: not known.
+    plain: bool = False
 
     def owns(self, request: ServerRequest) -> bool:
         return request.fence == self.fence
@@ -325,8 +328,9 @@ def step_task(name: str, step: Step, *, capacity_first: bool = False) -> Callabl
             queued: float | None = None,
             alive_at: float | None = None,
             job_id: str | None = None,
+            plain: bool = False,
         ) -> None:
-            chain = Chain(request_id, fence, job_id)
+            chain = Chain(request_id, fence, job_id, plain)
             retry = functools.partial(_retry, self, chain, alive_at=alive_at)
             try:
                 holding = _holding(
@@ -584,6 +588,8 @@ def _retry(
     }
     if chain.job_id is not None:
         kwargs["job_id"] = chain.job_id
+    if chain.plain:
+        kwargs["plain"] = True
     if slot is not None:  # booked for the re-run: it comes back at the slot's instant
         kwargs["slot"] = slot
     if queued is not None:  # the instant of its turn among the runs waiting for quota

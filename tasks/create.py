@@ -38,7 +38,7 @@ from models.spec import MARKER_METADATA_KEY
 from models.states import RequestState, Step
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import is_retryable
-from tasks.plan import poll_signature
+from tasks.plan import is_plain, poll_signature, row_is_plain
 from tasks.timing import create_backoff, first_poll
 from worker import fault_hooks
 from worker.limiter import NoCapacity
@@ -87,6 +87,7 @@ def create_server(chain: Chain) -> Next | None:
             request.create_intent_at = utcnow()
         body = create_body(request)
         marker = request.create_marker
+        chain.plain = row_is_plain(request)
     if in_cloud_maybe:
         adopted = _adopt_by_marker(chain, body["name"], marker)
         if adopted is not None:
@@ -130,6 +131,8 @@ def _start_pending(chain: Chain) -> tuple[dict, str] | None:
             return None
         name, spec, marker = row
         add_event(session, request_id, S.PENDING, S.CREATING, "dispatched", now)
+    # Made under its requested name: serial 1 and no group (the UPDATE's conditions).
+    chain.plain = is_plain(spec, name, create_serial=1, cloud_name=None)
     return _body(spec, name, marker), marker
 
 
@@ -288,7 +291,7 @@ def _record_job_at_once(chain: Chain, marker: str, job_id: str) -> Next | None:
         session.execute(_ADD_JOB, job | {"created_at": now, "updated_at": now})
         add_event(session, request_id, S.CREATING, S.BUILDING, f"create job {job_id}", now)
     chain.fence = fence  # committed: the row now expects this token
-    poll = Chain(chain.request_id, fence, job_id)
+    poll = Chain(chain.request_id, fence, job_id, chain.plain)
     return Next(poll_signature(poll, first_poll(JobKind.CREATE)))
 
 

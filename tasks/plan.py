@@ -111,6 +111,19 @@ def _tagging_task(request: ServerRequest) -> str:
     return "bms.finalize"
 
 
+def is_plain(spec: dict, name: str, create_serial: int, cloud_name: str | None) -> bool:
+    """Whether a request's work after its create is the read-back alone: no tag to apply, no
+    volume to attach (the spec lists none), and its server made under its requested name (see
+    ``tasks.finish.stage_of``). Its create poll may then end it ACTIVE at once."""
+    no_rename = create_serial > 0 and cloud_name in (None, name)
+    return not spec.get("tags") and spec.get("attach_volumes") == [] and no_rename
+
+
+def row_is_plain(request: ServerRequest) -> bool:
+    """:func:`is_plain` of a loaded row."""
+    return is_plain(request.spec, request.name, request.create_serial, request.cloud_name)
+
+
 def next_signature(request: ServerRequest, countdown: float | None = None) -> Signature | None:
     """The next step as an immutable signature carrying the request id and fencing token."""
     name = next_task_name(request)
@@ -122,9 +135,8 @@ def next_signature(request: ServerRequest, countdown: float | None = None) -> Si
 def poll_signature(chain, countdown: float | None = None) -> Signature:
     """``bms.poll_create_job`` of a request just handed to it (``chain``: its id, the new
     token and the job), as :func:`step_signature` makes it from the row."""
-    return _signature(
-        "bms.poll_create_job", chain.request_id, chain.fence, countdown, job_id=chain.job_id
-    )
+    carried = {"job_id": chain.job_id, **({"plain": True} if chain.plain else {})}
+    return _signature("bms.poll_create_job", chain.request_id, chain.fence, countdown, **carried)
 
 
 def chain_signature(name: str, chain, countdown: float | None = None) -> Signature:
@@ -136,7 +148,12 @@ def chain_signature(name: str, chain, countdown: float | None = None) -> Signatu
 def step_signature(name: str, request: ServerRequest, countdown: float | None = None) -> Signature:
     """The step ``name`` of ``request`` as an immutable signature (its id and fencing token)."""
     # What the poll needs: it calls the cloud first, then claims the row once.
-    carried = {"job_id": request.job_id} if name == "bms.poll_create_job" else {}
+    carried = {}
+    if name == "bms.poll_create_job":
+        carried["job_id"] = request.job_id
+        # A cancelled request's poll reads no server: it deletes it.
+        if request.state is S.BUILDING and row_is_plain(request):
+            carried["plain"] = True
     return _signature(name, str(request.id), request.fence, countdown, **carried)
 
 

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, exists, update
 
-from bms.exceptions import NotFound
+from bms.exceptions import CloudError, NotFound, Throttled
 from bms.jobs import Job, JobOutcome
 from models.base import as_utc, utcnow
 from models.db import session_scope
-from models.outbox import add_event
+from models.outbox import add_event, batch_of
 from models.records import (
     AttachmentState,
     CloudJob,
@@ -38,8 +38,9 @@ from tasks.attach import Slot, Then, attach_done, attach_failed, attach_from, wi
 from tasks.base import Chain, Next, Wait, advance, claim, fail, handoff, step_task
 from tasks.errors import TIMEOUT_CODE, is_retryable
 from tasks.finish import Stage, at_once, stage_at_once
-from tasks.plan import step_signature
+from tasks.plan import is_plain, step_signature
 from tasks.timing import DEADLINES, create_backoff, first_poll, next_poll
+from worker.limiter import NoCapacity
 from worker.runtime import runtime
 
 S = RequestState
@@ -130,6 +131,8 @@ def poll_create_job(chain: Chain) -> Next | None:
     except NotFound:
         return _job_forgotten(chain, job_id)
     if job.outcome is JobOutcome.DONE and job.server_ids:
+        if chain.plain and _ready_at_once(chain, job_id, job):
+            return Next(None)
         done = _create_done_at_once(chain, job_id, job)
         if done is not None:
             return done
@@ -214,16 +217,85 @@ def _create_done_at_once(chain: Chain, job_id: str, job: Job) -> Next | None:
             # Volumes listed but no row of them (stored by hand): the claim's way decides.
             session.rollback()
             return None
-        answer = {"job_status": job.status, "job_begin": job.begin_time, "job_end": job.end_time}
-        stored = session.execute(_JOB_DONE, params | answer).rowcount
-        if not stored:  # a row of an older release: recorded now, as _record does
-            values = _job_values(job) | {"polls": 1}
-            session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE,
-                                 **values))  # fmt: skip
+        _store_done_job(session, request_id, job_id, job, params)
         add_event(session, request_id, S.BUILDING, S.TAGGING, f"server {server_id} built", now)
     marker_name = create_serial == 0 or cloud_name not in (None, name)
     stage = Stage(server_id, spec, name, marker_name)
     return stage_at_once(Chain(chain.request_id, chain.fence), stage)
+
+
+#: The end of a plain request's create (see :func:`_ready_at_once`): as :data:`_CREATE_DONE`,
+#: straight on to ACTIVE with the server's addresses, its stage's only call made.
+_READY = (
+    update(ServerRequest.__table__)
+    .where(_R.id == bindparam("request_id"), _R.fence == bindparam("token"))
+    .where(_R.state == S.BUILDING, _R.job_id == bindparam("done_job_id"))
+    .where(_R.cleanup_server_id.is_(None))
+    .where(~exists().where(VolumeAttachment.__table__.c.request_id == _R.id))
+    .values(
+        state=S.ACTIVE,
+        server_id=bindparam("built_server_id"),
+        job_id=None,
+        wait_deadline_at=None,
+        step_done=Step.FINALIZE,
+        restarts=0,
+        addresses=bindparam("read_addresses", type_=_R.addresses.type),
+        updated_at=bindparam("now"),
+    )
+    .returning(_R.batch_id, _R.spec, _R.name, _R.create_serial, _R.cloud_name)
+)
+
+
+def _ready_at_once(chain: Chain, job_id: str, job: Job) -> bool:
+    """A plain request's create done (``chain.plain``: its stage is the read-back alone) ends
+    in one transaction: the server is read back first, then the request this message owns,
+    BUILDING on ``job_id`` with nothing to clean up, becomes ACTIVE in one conditional UPDATE,
+    the job's row stores the answer, and both events (built, ready) are added. One transaction
+    instead of two: the TAGGING state between them is never committed, as no call of the stage
+    needs it kept. A worker killed before the commit leaves the row BUILDING: the redelivered
+    poll sees the job done and reads the server again.
+
+    ``False``, nothing written: anything else (a read that fails or finds the server not ACTIVE,
+    a cancel, a stale message, a row that is not plain after all), which the two-transaction way
+    sorts out as before, with the failures of the stage's own steps."""
+    if job.failures:
+        return False
+    server_id = job.server_ids[0]
+    try:
+        server = runtime().client.show_server(server_id)
+    except (CloudError, NoCapacity) as exc:
+        if isinstance(exc, Throttled) and exc.api_class:
+            runtime().limiter.back_off(exc.api_class, exc.retry_after)
+        return False
+    if server.get("status") != "ACTIVE":
+        return False
+    request_id, now = uuid.UUID(chain.request_id), utcnow()
+    params = {"request_id": request_id, "token": chain.fence, "done_job_id": job_id,
+              "built_server_id": server_id, "now": now,
+              "read_addresses": server.get("addresses") or {}}  # fmt: skip
+    with session_scope(runtime().sessions) as session:
+        row = session.execute(_READY, params).one_or_none()
+        if row is None:
+            return False
+        batch_id, spec, name, create_serial, cloud_name = row
+        if not is_plain(spec, name, create_serial, cloud_name):
+            session.rollback()  # the message said plain, the row says otherwise: the row rules
+            return False
+        _store_done_job(session, request_id, job_id, job, params)
+        batch_of(session)[request_id] = batch_id
+        add_event(session, request_id, S.BUILDING, S.TAGGING, f"server {server_id} built", now)
+        add_event(session, request_id, S.TAGGING, S.ACTIVE, f"server {server_id} ready", now)
+    return True
+
+
+def _store_done_job(session, request_id: uuid.UUID, job_id: str, job: Job, params: dict) -> None:
+    """The done job's answer in its row (one UPDATE), or the row itself for one an older
+    release never recorded, as :func:`_record` does."""
+    answer = {"job_status": job.status, "job_begin": job.begin_time, "job_end": job.end_time}
+    if not session.execute(_JOB_DONE, params | answer).rowcount:
+        values = _job_values(job) | {"polls": 1}
+        session.add(CloudJob(job_id=job_id, request_id=request_id, kind=JobKind.CREATE,
+                             **values))  # fmt: skip
 
 
 def _job_forgotten(chain: Chain, job_id: str) -> Next:

@@ -52,6 +52,19 @@ def statements(database):
 
 
 @pytest.fixture
+def commits(database):
+    """The transactions committed while the test runs."""
+    seen: list[None] = []
+
+    def record(_conn) -> None:
+        seen.append(None)
+
+    event.listen(database.engine, "commit", record)
+    yield seen
+    event.remove(database.engine, "commit", record)
+
+
+@pytest.fixture
 def sent(monkeypatch):
     """Signatures sent, instead of going to a broker."""
     sent: list[Signature] = []
@@ -435,3 +448,179 @@ def test_a_create_answered_after_a_cancel_is_recorded_by_the_claim(bench):
     assert next_task(outcome) == "bms.poll_create_job"
     with session_scope(bench.sessions) as session:
         assert session.get(CloudJob, "job-7") is not None
+
+
+# -- A plain request (no tag, no rename, no volume): its create done ends it ACTIVE at once ---
+
+PLAIN_SPEC = {"create_body": {"name": "web", "metadata": {}}, "tags": [], "attach_volumes": []}
+
+
+def plain_building(bench) -> tuple:
+    """A plain request BUILDING on job-1, and its poll's chain as the create's hand-off sends it."""
+    request_id = building(bench)
+    bench.set(request_id, spec=PLAIN_SPEC)
+    chain = carrying_job(bench, request_id)
+    chain.plain = True
+    return request_id, chain
+
+
+def test_a_create_hands_a_plain_request_to_a_poll_that_says_so(bench):
+    from types import SimpleNamespace
+
+    from tasks.create import create_server
+
+    plain, tagged = bench.add(S.PENDING, fence=1), bench.add(S.PENDING, fence=1)
+    bench.set(plain, spec=PLAIN_SPEC)
+    bench.client.on(
+        "create_servers", SimpleNamespace(job_id="job-7"), SimpleNamespace(job_id="job-8")
+    )
+
+    sent_plain = create_server(Chain(str(plain), 1)).signature
+    sent_tagged = create_server(Chain(str(tagged), 1)).signature
+
+    assert sent_plain.kwargs["plain"] is True
+    assert "plain" not in sent_tagged.kwargs
+    with session_scope(bench.sessions) as session:  # the reconciler's poll, from the row
+        from models.records import ServerRequest
+
+        rebuilt = step_signature("bms.poll_create_job", session.get(ServerRequest, plain))
+    assert rebuilt.kwargs["plain"] is True
+
+
+def test_a_plain_create_done_ends_active_in_one_transaction(bench, sent, statements, commits):
+    request_id, chain = plain_building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("show_server", ACTIVE_SERVER)
+    statements.clear()
+    commits.clear()
+
+    hand_on(poll_create_job(chain))
+
+    assert sent == []
+    assert [name for name, _args in bench.client.calls] == ["show_job", "show_server"]
+    # Reads aside (the batch's webhook target, looked up once per batch and process).
+    written = [
+        s.split(" (")[0].split(" SET")[0]
+        for s in statements
+        if not s.startswith(("BEGIN", "COMMIT", "SELECT"))
+    ]
+    assert written == [
+        "UPDATE server_requests",
+        "UPDATE cloud_jobs",
+        "INSERT INTO events",
+        "INSERT INTO events",
+    ]
+    assert len(commits) == 1
+    stored = bench.get(request_id)
+    assert (stored.state, stored.step_done, stored.server_id, stored.job_id) == (
+        S.ACTIVE,
+        Step.FINALIZE,
+        "srv-1",
+        None,
+    )
+    assert stored.addresses == {"net": []}
+    states = [(before, after) for before, after, _detail in bench.events(request_id)]
+    assert states[-2:] == [("BUILDING", "TAGGING"), ("TAGGING", "ACTIVE")]
+    with session_scope(bench.sessions) as session:
+        assert session.get(CloudJob, "job-1").status == "SUCCESS"
+
+
+def test_a_cancel_during_the_plain_read_back_deletes_the_server(bench, sent):
+    request_id, chain = plain_building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("show_server", bench.cancel_during(request_id, ACTIVE_SERVER))
+
+    hand_on(poll_create_job(chain))
+
+    stored = bench.get(request_id)
+    assert stored.state is S.CANCELLED and stored.cleanup_server_id == "srv-1"
+    assert [signature.task for signature in sent] == ["bms.delete_server"]
+    assert bench.client.count("show_server") == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CloudAPIError(500, "BMS.9999", "boom"),
+        Throttled(429, "APIGW.0308", "quota", retry_after=3.0),
+    ],
+    ids=["transient", "throttled"],
+)
+def test_a_plain_read_back_that_fails_goes_the_stage_s_way(bench, sent, error):
+    # The server is built: that is committed (TAGGING), and the stage's own step reads it
+    # again with its own budget, as for any request.
+    if isinstance(error, Throttled):
+        error.api_class = "show"
+    request_id, chain = plain_building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("show_server", error)
+
+    hand_on(poll_create_job(chain))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.server_id, stored.failed_step) == (S.TAGGING, "srv-1", None)
+    assert [signature.task for signature in sent] == ["bms.apply_tags"]
+    if isinstance(error, Throttled):
+        assert bench.limiter.backed_off == [("show", 3.0), ("show", 3.0)]
+
+
+def test_a_plain_server_not_active_at_the_read_back_fails_at_finalize(bench, sent):
+    request_id, chain = plain_building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("show_server", {"id": "srv-1", "status": "ERROR"})
+
+    hand_on(poll_create_job(chain))
+
+    stored = bench.get(request_id)
+    assert (stored.state, stored.failed_step) == (S.FAILED, Step.FINALIZE)
+
+
+def test_a_poll_that_says_plain_of_a_row_with_tags_applies_them(bench, sent):
+    request_id = building(bench)  # its spec has tags: the message is wrong, the row rules
+    chain = carrying_job(bench, request_id)
+    chain.plain = True
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("replace_tags", None)
+    bench.client.on("show_server", ACTIVE_SERVER)
+
+    hand_on(poll_create_job(chain))
+
+    assert [name for name, _args in bench.client.calls] == [
+        "show_job",
+        "show_server",
+        "replace_tags",
+        "show_server",
+    ]
+    assert bench.get(request_id).state is S.ACTIVE
+    states = [(before, after) for before, after, _detail in bench.events(request_id)]
+    assert states.count(("TAGGING", "ACTIVE")) == 1
+
+
+def test_a_plain_poll_killed_before_its_commit_is_done_by_its_redelivery(bench, sent):
+    request_id, chain = plain_building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+
+    class Killed(BaseException):
+        """The worker dies between the read-back and the commit."""
+
+    bench.client.on("show_server", Killed(), ACTIVE_SERVER)
+    with pytest.raises(Killed):
+        poll_create_job(chain)
+    assert bench.get(request_id).state is S.BUILDING  # nothing half-written
+
+    hand_on(poll_create_job(chain))  # the same message, delivered again
+
+    assert bench.get(request_id).state is S.ACTIVE and sent == []
+
+
+def test_a_plain_poll_delivered_twice_ends_the_request_once(bench, sent):
+    request_id, chain = plain_building(bench)
+    bench.client.on("show_job", job("SUCCESS", "srv-1"))
+    bench.client.on("show_server", ACTIVE_SERVER)
+
+    hand_on(poll_create_job(chain))
+    hand_on(poll_create_job(chain))
+
+    assert bench.get(request_id).state is S.ACTIVE and sent == []
+    states = [(before, after) for before, after, _detail in bench.events(request_id)]
+    assert states.count(("TAGGING", "ACTIVE")) == 1

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
+from models.db import session_scope
+from models.records import Event
 from models.states import RequestState
 from tests.factories import server
 
@@ -46,3 +49,30 @@ def test_twenty_servers_end_active_with_volumes_and_tags(stack_factory, backend)
         assert request.addresses
     # One server per request: no duplicate was ever created.
     assert len(cloud) == 20
+
+
+def test_plain_servers_end_active_in_the_run_of_their_create_poll(stack_factory):
+    # No tag, no volume, their own names: the poll that sees the create done reads the server
+    # back and ends the request in one transaction (issue 11), so its two events carry the
+    # same instant, and the cloud was asked for nothing else.
+    stack = stack_factory()
+    stack.start_worker("all", concurrency=4)
+    body = {"name": "plain", "servers": [server(name=f"plain-{i}") for i in range(5)]}
+    submitted = stack.submit(body)
+
+    requests = stack.wait_until_finished(submitted.batch_id, timeout=120)
+
+    assert [r.state for r in requests] == [RequestState.ACTIVE] * 5
+    assert all(r.addresses for r in requests)
+    with session_scope(stack.sessions) as session:
+        rows = session.execute(
+            select(Event.request_id, Event.from_state, Event.to_state, Event.at).where(
+                Event.request_id.in_([r.id for r in requests])
+            )
+        ).all()
+    at = {(row.request_id, row.from_state, row.to_state): row.at for row in rows}
+    for request in requests:
+        built = at[(request.id, RequestState.BUILDING, RequestState.TAGGING)]
+        assert at[(request.id, RequestState.TAGGING, RequestState.ACTIVE)] == built
+    counters = stack.simulator.control.counters()
+    assert counters["show"]["calls"] == 5 and counters["create"]["calls"] == 5
