@@ -42,6 +42,7 @@ from pathlib import Path
 
 import redis
 
+from bench import calibrate
 from bench.bench_limiter import (
     BENCH_SUBNET,
     cpu_seconds,
@@ -305,7 +306,10 @@ def section(args, results: list[Result], command: str) -> str:
     grouped, single = results
     rows = table(results, volumes=False)
     ratio = grouped.built / single.built if single.built else float("nan")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{calibrate.describe()}"
+    )
     goals = [
         f"- create calls ≤ {args.entries}: **{grouped.calls('create')}** (one by one:"
         f" {single.calls('create')})",
@@ -366,7 +370,10 @@ def volumes_section(args, results: list[Result], command: str) -> str:
     rows = table(results, volumes=True)
     first = results[0]
     busiest, bound = lower_bound(args, first.servers)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{calibrate.describe()}"
+    )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     goals = [
         f"- lower bound, the busiest class ({busiest}, {first.servers * args.volumes} calls at"

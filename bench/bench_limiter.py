@@ -66,7 +66,7 @@ import psutil
 import redis
 from limits import RateLimitItem, parse
 
-from bench import counters
+from bench import calibrate, counters
 from bmsctl.processes import (
     QUICK_JOBS_ENV,
     ManagedProcess,
@@ -699,7 +699,7 @@ def machine() -> str:
     return (
         f"{os.cpu_count()} CPUs (`nproc` = {len(os.sched_getaffinity(0))}), `{model}` "
         f"(from `/proc/cpuinfo`), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.machine()}"
+        f"{platform.system()} {platform.machine()}; {calibrate.describe()}"
     )
 
 

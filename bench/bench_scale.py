@@ -57,7 +57,7 @@ from celery import Celery
 from limits import parse
 from sqlalchemy import text, update
 
-from bench import bench_count, bench_limiter
+from bench import bench_count, bench_limiter, calibrate
 from bench.bench_limiter import prose, scaled_quotas, spec, start_simulator, stop_all, wait_ready
 from bench.scale_table import GROUPS, ROWS, Row, groups_of, select_rows, show, table
 from bmsctl.processes import (
@@ -586,7 +586,8 @@ def machine() -> str:
     postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
     return (
         f"{os.cpu_count()} CPUs (`nproc`), `{model}`, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.machine()}, {postgres or 'PostgreSQL'}"
+        f"{platform.system()} {platform.machine()}, {postgres or 'PostgreSQL'}; "
+        f"{calibrate.describe()}"
     )
 
 
