@@ -67,3 +67,30 @@ def test_error_classification(code, from_job, retryable):
 
 def test_our_timeout_code_is_not_a_cloud_code():
     assert TIMEOUT_CODE.startswith("ORCH.")
+
+
+def test_a_step_message_shows_its_kwargs_made_without_celery_s_saferepr(monkeypatch):
+    # Issue 11: Celery's saferepr of every message sent was 2% of a pool child's CPU.
+    import uuid
+
+    from celery.app import amqp
+
+    from tasks.plan import step_signature
+    from worker.app import app
+
+    def no_saferepr(*_args, **_kwargs):
+        raise AssertionError("saferepr called")
+
+    monkeypatch.setattr(amqp, "saferepr", no_saferepr)
+    request = row(S.BUILDING, job_id="job-1", spec={"tags": []}, name="web", create_serial=1)
+    request.id, request.fence = uuid.uuid4(), 3
+    signature = step_signature("bms.poll_create_job", request)
+    options = {k: signature.options[k] for k in ("argsrepr", "kwargsrepr")}
+
+    message = app.amqp.create_task_message(
+        "task-1", signature.task, (), signature.kwargs, **options
+    )
+
+    assert message.headers["kwargsrepr"] == repr(signature.kwargs)
+    assert f"'request_id': '{request.id}'" in message.headers["kwargsrepr"]
+    assert message.headers["argsrepr"] == "()"
