@@ -5,6 +5,10 @@ its kind the job counts as failed. Every sub_job is checked: a create is done on
 A failed create is classified from its code: retryable with attempts left goes back to CREATING
 (the failed server deleted first), anything else is FAILED, keeping the step, code and message.
 
+A done create goes on in the same run: to the tagging stage (``tasks.finish``), or, for a
+plain request (no tag, no rename, no volume: its message says so), straight to ACTIVE in one
+transaction after reading the server back.
+
 Every wait ends: a job's deadline counts from its row's creation, an adopted server's from the
 deadline stored on the request when its watch began. A request cancelled while its job ran is
 handed to cleanup as soon as the poll comes back.
